@@ -1,0 +1,246 @@
+"""Generation behind one small interface: vLLM (primary) and transformers (fallback, gradients).
+
+    generate(prompts, sampling, seeds=None) -> one list of `Completion`s (n of them) per prompt
+
+A prompt is text, a list of token ids, or a float tensor of prompt embeddings `[T, hidden]`
+(LatentRevise continues generation from optimized embeddings). Every request carries its own
+seed (`seeds[i]`, default `sampling.seed + i`), so a problem's samples do not depend on which
+other problems share the batch: resumed evaluations and reruns reproduce the same tokens on
+the same backend. Callers that resume pass stable per-problem seeds (`stable_seed`).
+
+Multi-GPU: `VLLMGenerator` forwards vLLM's own `tensor_parallel_size` and `data_parallel_size`;
+there is no scheduler of ours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol, Sequence, Union
+
+import torch
+
+PromptInput = Union[str, list[int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    n: int = 1
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    max_tokens: int = 512
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (eos or stop string) | "length"
+    prompt_tokens: int
+    logprobs: list[float] | None = field(default=None, repr=False)  # of each sampled token
+
+
+class Generator(Protocol):
+    tokenizer: object
+
+    def generate(self, prompts: Sequence[PromptInput], sampling: Sampling,
+                 seeds: Sequence[int] | None = None, progress: bool = False) -> list[list[Completion]]: ...
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def stable_seed(*parts: object) -> int:
+    """A 31-bit seed from any values (e.g. run seed, benchmark, problem id): same inputs, same seed."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def _request_seeds(sampling: Sampling, n_prompts: int, seeds: Sequence[int] | None) -> list[int]:
+    if seeds is None:
+        return [sampling.seed + i for i in range(n_prompts)]
+    if len(seeds) != n_prompts:
+        raise ValueError(f"got {len(seeds)} seeds for {n_prompts} prompts")
+    return list(seeds)
+
+
+# --------------------------------------------------------------------------------------------
+# vLLM
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VLLMSettings:
+    dtype: str = "auto"  # "float32" is faster than bf16 on CPUs; bf16 on GPUs
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    max_model_len: int | None = None
+    enforce_eager: bool = True  # cuts engine start on CPU from ~60 s to ~25 s
+    cpu_kvcache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE; the default probe over-reads free memory here
+
+
+class VLLMGenerator:
+    """vLLM offline engine. Prompt embeddings need `enable_prompt_embeds`, which we always set."""
+
+    def __init__(self, model: str, settings: VLLMSettings = VLLMSettings(), seed: int = 0):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
+        # weight sync ships a function to the engine's worker process (see update_weights)
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        from vllm import LLM
+
+        self.model_path = model
+        self.llm = LLM(
+            model=model, dtype=settings.dtype, seed=seed, enable_prompt_embeds=True,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            data_parallel_size=settings.data_parallel_size,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            max_model_len=settings.max_model_len, enforce_eager=settings.enforce_eager,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(self, prompts: Sequence[PromptInput], sampling: Sampling,
+                 seeds: Sequence[int] | None = None, progress: bool = False) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        if not prompts:
+            return []
+        inputs = []
+        for p in prompts:
+            if isinstance(p, str):
+                inputs.append({"prompt": p})
+            elif isinstance(p, torch.Tensor):
+                inputs.append({"prompt_embeds": p.detach().to("cpu", torch.float32)})
+            else:
+                inputs.append({"prompt_token_ids": list(p)})
+        params = [
+            SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                           max_tokens=sampling.max_tokens, seed=s, stop=list(sampling.stop) or None,
+                           logprobs=0)
+            for s in _request_seeds(sampling, len(prompts), seeds)
+        ]
+        outputs = self.llm.generate(inputs, params, use_tqdm=progress)
+        result = []
+        for p, out in zip(prompts, outputs):
+            n_prompt = p.shape[0] if isinstance(p, torch.Tensor) else len(out.prompt_token_ids or [])
+            result.append([
+                Completion(
+                    text=o.text, token_ids=list(o.token_ids),
+                    finish_reason="length" if o.finish_reason == "length" else "stop",
+                    prompt_tokens=n_prompt,
+                    logprobs=[lp[t].logprob for lp, t in zip(o.logprobs, o.token_ids)] if o.logprobs else None,
+                )
+                for o in out.outputs
+            ])
+        return result
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load new weights into the running engine (colocated sync, no restart)."""
+        weights = [(name, t.detach().to("cpu").contiguous()) for name, t in named_tensors]
+
+        def _load(model):  # runs inside the engine's worker process
+            model.load_weights(weights=weights)
+
+        self.llm.apply_model(_load)
+        self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        engine = getattr(self.llm, "llm_engine", None)
+        shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+        if shutdown:
+            shutdown()
+        del self.llm
+
+
+# --------------------------------------------------------------------------------------------
+# transformers
+# --------------------------------------------------------------------------------------------
+
+class HFGenerator:
+    """Plain transformers sampling loop with a KV cache; accepts token ids, text or embeddings.
+
+    One prompt at a time, its n samples batched. Slow next to vLLM but exact, differentiable
+    models stay in this process, and `inputs_embeds` is native. Used for tests, for LatentRevise
+    continuation when vLLM is absent, and as the greedy reference that vLLM is checked against.
+    """
+
+    def __init__(self, model, tokenizer, device: str | torch.device = "cpu"):
+        if isinstance(model, str):
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+            model = AutoModelForCausalLM.from_pretrained(model, torch_dtype=torch.float32)
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[PromptInput], sampling: Sampling,
+                 seeds: Sequence[int] | None = None, progress: bool = False) -> list[list[Completion]]:
+        return [self._generate_one(p, sampling, s)
+                for p, s in zip(prompts, _request_seeds(sampling, len(prompts), seeds))]
+
+    def _generate_one(self, prompt: PromptInput, sampling: Sampling, seed: int) -> list[Completion]:
+        embed = self.model.get_input_embeddings()
+        if isinstance(prompt, torch.Tensor):
+            prompt_embeds = prompt.to(self.device, embed.weight.dtype)
+        else:
+            ids = self.tokenizer(prompt, add_special_tokens=False).input_ids if isinstance(prompt, str) else prompt
+            prompt_embeds = embed(torch.tensor(ids, device=self.device))
+        n = sampling.n
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        eos = self.tokenizer.eos_token_id
+        out = self.model(inputs_embeds=prompt_embeds.unsqueeze(0).expand(n, -1, -1), use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1, :]
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        logps: list[list[float]] = [[] for _ in range(n)]
+        done = [False] * n
+        reasons = ["length"] * n
+        for _ in range(sampling.max_tokens):
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            if sampling.temperature == 0:
+                nxt = logprobs.argmax(-1)
+            else:
+                nxt = _sample_top_p(logits.float() / sampling.temperature, sampling.top_p, gen)
+            for i in range(n):
+                if done[i]:
+                    continue
+                t = int(nxt[i])
+                if t == eos:
+                    done[i], reasons[i] = True, "stop"
+                    continue
+                tokens[i].append(t)
+                logps[i].append(float(logprobs[i, t]))
+                if sampling.stop and any(s in self.tokenizer.decode(tokens[i][-16:]) for s in sampling.stop):
+                    done[i], reasons[i] = True, "stop"
+            if all(done):
+                break
+            out = self.model(input_ids=nxt.unsqueeze(1), past_key_values=past, use_cache=True)
+            past, logits = out.past_key_values, out.logits[:, -1, :]
+        completions = []
+        for i in range(n):
+            text = self.tokenizer.decode(tokens[i], skip_special_tokens=True)
+            for s in sampling.stop:  # vLLM drops the stop string from the text; so do we
+                if s in text:
+                    text = text[: text.index(s)]
+            completions.append(Completion(text, tokens[i], reasons[i], prompt_embeds.shape[0], logps[i]))
+        return completions
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.model.load_state_dict(dict(named_tensors), strict=False)
+
+    def close(self) -> None:
+        pass
+
+
+def _sample_top_p(logits: torch.Tensor, top_p: float, gen: torch.Generator) -> torch.Tensor:
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sorted_p, idx = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
