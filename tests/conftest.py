@@ -1,0 +1,65 @@
+"""Shared fixtures: the local benchmark data, a throwaway database, a tiny random model, engines.
+
+The tiny model here is random-initialized (tests need shapes, not skill); the tiny preset's
+pretrained base model is built by harness/pretrain.py and tested in test_pretrain.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("LATENTREVISE_DATA_DIR", ROOT.parent / "shared" / "data"))
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tiny_corpus() -> list[str]:
+    words = "Problem Solution Compute What is the answer The final answer is step First then so".split()
+    lines = [f"Problem: {a}+{b}\nSolution: {a}+{b}={a + b}. The final answer is \\boxed{{{a + b}}}."
+             for a in range(0, 60, 3) for b in range(0, 40, 7)]
+    return lines + [" ".join(words)] * 5
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (SHARED_DATA / "math500.jsonl").is_file():
+        pytest.skip(f"benchmark data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def db_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'results.db'}"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from harness.tiny_model import build_random_model
+
+    return build_random_model(tmp_path_factory.mktemp("tiny-model"), tiny_corpus())
+
+
+@pytest.fixture(scope="session")
+def vllm_generator(tiny_model_dir):
+    """One vLLM engine for the whole session (engine start costs ~30 s on this CPU)."""
+    if not HAS_VLLM:
+        pytest.skip("vllm is not installed")
+    from harness.generation import VLLMGenerator, VLLMSettings
+
+    gen = VLLMGenerator(str(tiny_model_dir), VLLMSettings(dtype="float32", max_model_len=512))
+    yield gen
+    gen.close()
+
+
+@pytest.fixture(scope="session")
+def hf_generator(tiny_model_dir):
+    from harness.generation import HFGenerator
+
+    return HFGenerator(str(tiny_model_dir), None)
