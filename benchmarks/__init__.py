@@ -1,6 +1,7 @@
 """Problems, by name: the five math benchmarks, the MATH train split and the synthetic arith family."""
 
 from . import math_sets  # noqa: F401  (registers the hub/local benchmarks)
+from . import arith  # noqa: F401  (registers arith-easy/-medium/-hard/-train)
 from .registry import (
     DATA_DIR_ENV,
     BenchmarkDataError,

@@ -81,6 +81,9 @@ class VLLMSettings:
     max_model_len: int | None = None
     enforce_eager: bool = True  # cuts engine start on CPU from ~60 s to ~25 s
     cpu_kvcache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE; the default probe over-reads free memory here
+    # None: off on CPU, vLLM's default elsewhere. vLLM-CPU crashes ("CPU Generator does not use
+    # offset") when a seeded request's prefill is chunked, i.e. once a batch exceeds 4096 tokens.
+    enable_chunked_prefill: bool | None = None
 
 
 class VLLMGenerator:
@@ -99,6 +102,8 @@ class VLLMGenerator:
             data_parallel_size=settings.data_parallel_size,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             max_model_len=settings.max_model_len, enforce_eager=settings.enforce_eager,
+            enable_chunked_prefill=(settings.enable_chunked_prefill if settings.enable_chunked_prefill is not None
+                                    else (None if torch.cuda.is_available() else False)),
         )
         self.tokenizer = self.llm.get_tokenizer()
 
@@ -138,13 +143,26 @@ class VLLMGenerator:
         return result
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load new weights into the running engine (colocated sync, no restart)."""
-        weights = [(name, t.detach().to("cpu").contiguous()) for name, t in named_tensors]
+        """Load new weights into the running engine (colocated sync, no restart).
 
-        def _load(model):  # runs inside the engine's worker process
-            model.load_weights(weights=weights)
+        Goes through vLLM's in-place reload (`Worker.reload_weights`), not a bare
+        `model.load_weights` via `apply_model`: vLLM post-processes weights after loading
+        (on CPU it prepacks every linear layer for oneDNN and empties `layer.weight`), so only
+        the reload path, which restores the layers, loads and re-runs that processing, changes
+        what the engine samples from. Names and layouts are Hugging Face's (checkpoint format).
+        """
+        from safetensors.torch import save
 
-        self.llm.apply_model(_load)
+        # one safetensors blob: plain bytes cross both process hops (client -> engine core ->
+        # worker); tensors do not, the core receives them as memoryviews that cannot be re-pickled
+        tensors, seen = {}, set()
+        for name, t in named_tensors:
+            if t.data_ptr() in seen:  # tied weights (lm_head = embed_tokens): vLLM loads the first name
+                continue
+            seen.add(t.data_ptr())
+            tensors[name] = t.detach().to("cpu").contiguous()
+        blob = save(tensors)
+        self.llm.collective_rpc(_reload_weights_from_blob, args=(blob,))
         self.llm.reset_prefix_cache()
 
     def close(self) -> None:
@@ -153,6 +171,13 @@ class VLLMGenerator:
         if shutdown:
             shutdown()
         del self.llm
+
+
+def _reload_weights_from_blob(worker, blob: bytes) -> None:
+    """Runs inside each vLLM worker (module-level so it pickles by reference)."""
+    from safetensors.torch import load
+
+    worker.reload_weights(weights_iterator=list(load(blob).items()), is_checkpoint_format=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -60,10 +60,12 @@ TINY = Preset(
     train_filter={},
     train_limit=None,
     benchmarks=("arith-easy", "arith-medium", "arith-hard"),
+    # the longest reference solution is 75 tokens with eos (a 3-digit multiplication by place value)
     eval=EvalProtocol(template="tiny-boxed", temperature=1.0, top_p=1.0, max_tokens=96, n_default=8,
                       pass_k=(1, 4, 8), seed=0),
     methods={},
     vllm=VLLMSettings(dtype="float32", cpu_kvcache_gib=1),
+    tiny_model={},  # PretrainConfig() defaults are the tiny base model (calibrated: README)
 )
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,158 @@
+"""Run a method on a preset, and evaluate any run: the glue between methods/, evaluation and tables.
+
+    base = base_run(db, preset)                       # the untrained model, as a run of method "base"
+    run  = train_method(db, preset, "sft")            # reused when a finished run has the same config hash
+    evaluate_run(db, run, preset)                     # resumable; finished evaluations are reused
+
+A run's config is everything that decides its result (method config, base model identity, training
+set, template, seed), so its hash decides reuse. Checkpoints go to `<runs dir>/<method>-<hash>/`
+(`$LATENTREVISE_RUNS`, default ./runs).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import traceback
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from benchmarks import Problem, load_benchmark
+
+from .generation import Generator, HFGenerator, VLLMGenerator
+from .method import Budget, RunContext, build_config, get_method
+from .presets import Preset
+from .store import Run, finish_run, get_or_create_run, session_scope
+
+RUNS_ENV = "LATENTREVISE_RUNS"
+
+
+def runs_dir() -> Path:
+    return Path(os.environ.get(RUNS_ENV, "runs"))
+
+
+def base_model_identity(preset: Preset) -> dict[str, Any]:
+    """What identifies the base model in run configs (the tiny model is identified by its recipe)."""
+    if preset.base_model == "tiny":
+        from .pretrain import PretrainConfig
+
+        return {"base_model": "tiny", "pretrain": asdict(PretrainConfig(**preset.tiny_model))}
+    return {"base_model": preset.base_model}
+
+
+def resolve_base_model(preset: Preset, progress: bool = True) -> str:
+    """A loadable model reference: hub id, directory, or the tiny model (pretrained once, cached)."""
+    if preset.base_model == "tiny":
+        from .pretrain import PretrainConfig, ensure_tiny_base
+
+        return str(ensure_tiny_base(PretrainConfig(**preset.tiny_model), progress=progress))
+    return preset.base_model
+
+
+def load_train_prompts(preset: Preset, data_dir: str | None = None) -> list[Problem]:
+    problems = load_benchmark(preset.train_set, data_dir)
+    for key, allowed in preset.train_filter.items():
+        problems = [p for p in problems if p.meta.get(key) in allowed]
+    return problems[: preset.train_limit] if preset.train_limit else problems
+
+
+def generator_factory(preset: Preset, backend: str = "auto"):
+    """model path -> Generator. vLLM when installed (the real engine), else transformers."""
+    use_vllm = backend == "vllm" or (backend == "auto" and importlib.util.find_spec("vllm") is not None)
+    if use_vllm:
+        return partial(_vllm, preset=preset)
+    return partial(_hf, device=preset.device)
+
+
+def _vllm(model: str, preset: Preset) -> Generator:
+    return VLLMGenerator(model, preset.vllm, seed=preset.seed)
+
+
+def _hf(model: str, device: str) -> Generator:
+    return HFGenerator(model, None, device=device)
+
+
+def base_run(factory: sessionmaker[Session], preset: Preset, progress: bool = True) -> Run:
+    """The base model as a finished run of method "base" (its evaluations hang off it)."""
+    config = {**base_model_identity(preset), "preset": preset.name}
+    run, reused = get_or_create_run(factory, method="base", model=preset.base_model, preset=preset.name,
+                                    seed=preset.seed, config=config)
+    if not reused:
+        finish_run(factory, run.id, checkpoint=resolve_base_model(preset, progress))
+    return _reload(factory, run.id)
+
+
+def run_config(preset: Preset, method: str, overrides: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """(method config object, the run config whose hash decides reuse)."""
+    cls = get_method(method)
+    cfg = build_config(cls, {**preset.methods.get(method, {}), **(overrides or {})})
+    config = {
+        **base_model_identity(preset), "method_config": asdict(cfg), "train_set": preset.train_set,
+        "train_filter": preset.train_filter, "train_limit": preset.train_limit,
+        "template": preset.eval.template, "seed": preset.seed,
+    }
+    return cfg, config
+
+
+def train_method(factory: sessionmaker[Session], preset: Preset, method: str, *,
+                 overrides: dict[str, Any] | None = None, data_dir: str | None = None, grader=None,
+                 fresh: bool = False, progress: bool = True) -> Run:
+    """Train `method` on the preset's base model and training prompts; reuse a finished identical run."""
+    cls = get_method(method)
+    cfg, config = run_config(preset, method, overrides)
+    run, reused = get_or_create_run(factory, method=method, model=preset.base_model, preset=preset.name,
+                                    seed=preset.seed, config=config, fresh=fresh)
+    if reused:
+        return run
+    out_dir = runs_dir() / f"{method}-{run.config_hash}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    own_grader = grader is None
+    if own_grader:
+        from .grading import Grader
+
+        grader = Grader()
+    ctx = RunContext(
+        run_id=run.id, db=factory, out_dir=out_dir, seed=preset.seed, device=preset.device,
+        template=preset.eval.template, budget=Budget(), make_generator=generator_factory(preset),
+        grader=grader, progress=progress,
+    )
+    try:
+        checkpoint = cls().train(resolve_base_model(preset, progress), load_train_prompts(preset, data_dir), cfg, ctx)
+    except BaseException as e:
+        finish_run(factory, run.id, status="failed", error="".join(traceback.format_exception_only(e)).strip())
+        raise
+    finally:
+        if own_grader:
+            grader.close()
+    finish_run(factory, run.id, checkpoint=str(checkpoint))
+    return _reload(factory, run.id)
+
+
+def evaluate_run(factory: sessionmaker[Session], run: Run, preset: Preset, *, data_dir: str | None = None,
+                 grader=None, progress: bool = True) -> dict[str, dict]:
+    """Evaluate a finished run's checkpoint on the preset's benchmarks under the preset's protocol."""
+    from .evaluate import evaluate_model
+
+    if run.checkpoint is None:
+        raise ValueError(f"run {run.id} ({run.method}) has no checkpoint (status {run.status})")
+    own_grader = grader is None
+    if own_grader:
+        from .grading import Grader
+
+        grader = Grader()
+    try:
+        return evaluate_model(factory, run.id, run.checkpoint, list(preset.benchmarks), data_dir=data_dir,
+                              protocol=preset.eval, make_generator=generator_factory(preset), grader=grader,
+                              progress=progress)
+    finally:
+        if own_grader:
+            grader.close()
+
+
+def _reload(factory: sessionmaker[Session], run_id: int) -> Run:
+    with session_scope(factory) as s:
+        return s.get(Run, run_id)

@@ -1,0 +1,61 @@
+"""Rescue baseline `hint`: rationalization as in STaR (Zelikman et al., 2022).
+
+For a zero-hit prompt, generate with the gold answer given as a hint in the problem text
+(`hint_template`, "{answer}" replaced), keep the samples that reach the gold answer, and train on
+them WITHOUT the hint (the Trajectory's prompt is the original prompt). Compute is matched to
+LatentRevise exactly as for `resample` (methods/resample.py): same budget per prompt, a sample
+costs its (hinted) prompt plus its generated tokens. A correct sample that mentions the hint
+("hint" in its text) or restates the answer without reasoning (mining leakage rule B) is flagged
+as leakage and, by default, not trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .latentrevise.mining import RescueOutcome, Screened, render_prompt
+from .resample import MatchedRescueConfig, budgets, n_samples, sample_and_verify
+
+
+@dataclass
+class HintConfig(MatchedRescueConfig):
+    hint_template: str = " (Hint: the final answer is {answer}.)"  # appended to the problem text
+
+
+def hinted_problem(problem_text: str, answer: str, cfg: HintConfig) -> str:
+    return problem_text + cfg.hint_template.replace("{answer}", answer)
+
+
+def rescue_hint(zero_hit: Sequence[Screened], model, tokenizer, generator, cfg: HintConfig, ctx,
+                step: int = 0) -> list[RescueOutcome]:
+    """The `mining.Rescuer` of this baseline."""
+    prompts = [render_prompt(hinted_problem(sc.problem.problem, sc.problem.answer, cfg), ctx.template, tokenizer)
+               for sc in zero_hit]
+    counts = [n_samples(b, len(tokenizer(p, add_special_tokens=False).input_ids), sc)
+              for b, p, sc in zip(budgets(zero_hit, model, tokenizer, cfg, ctx.template), prompts, zero_hit)]
+    return sample_and_verify(zero_hit, prompts, counts, generator, tokenizer, cfg, ctx, "hint", step)
+
+
+# ------------------------------------------------------------------------------------------------
+# the method: SFT on the standard data + the rationalized rescues, trained without the hint
+# ------------------------------------------------------------------------------------------------
+from harness.method import register_method  # noqa: E402
+
+from .latentrevise.methods import cached_pairs  # noqa: E402
+from .latentrevise.mining import mine  # noqa: E402
+from .sft import SFT, SFTConfig  # noqa: E402
+
+
+@dataclass
+class HintSFTConfig(SFTConfig, HintConfig):
+    """SFT fields + mining fields + the LatentRevise fields whose compute is matched + the hint."""
+
+
+@register_method
+class HintSFT(SFT):
+    name = "hint"
+    config_cls = HintSFTConfig
+
+    def extra_examples(self, base_model, prompts, cfg, ctx):
+        return cached_pairs(ctx, lambda: mine(base_model, prompts, cfg, ctx, rescue_hint, "hint").pairs)

@@ -1,0 +1,191 @@
+"""reproduce.py subcommands: eval writes rows (and reuses them), query is read-only, runs/show/methods print."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import HAS_VLLM, ROOT
+
+runner = CliRunner()
+ENV = {"COLUMNS": "240"}
+
+
+def _app():
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.app
+
+
+def _count(db, sql="SELECT COUNT(*) FROM samples"):
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchone()[0]
+
+
+def _eval_args(model, db, data_dir, *extra):
+    return ["eval", str(model), "--benchmarks", "math500,amc23", "--template", "tiny-boxed", "--n", "2",
+            "--temperature", "1.0", "--top-p", "1.0", "--max-tokens", "6", "--limit", "2", "--seed", "0",
+            "--data-dir", str(data_dir), "--db", str(db), *extra]
+
+
+def test_eval_query_runs_show(tiny_model_dir, data_dir, tmp_path):
+    app, db = _app(), tmp_path / "results.db"
+    res = runner.invoke(app, _eval_args(tiny_model_dir, db, data_dir, "--backend", "hf"), env=ENV)
+    assert res.exit_code == 0, res.output
+    assert _count(db) == 2 * 2 * 2
+    assert _count(db, "SELECT COUNT(*) FROM samples WHERE completion_tokens = 6 AND prompt LIKE 'Problem: %'") == 8
+    with sqlite3.connect(db) as conn:
+        run = conn.execute("SELECT id, method, model, preset, status FROM runs").fetchall()
+        evals = conn.execute("SELECT benchmark, template, status, n_problems FROM evaluations ORDER BY id").fetchall()
+    assert run == [(1, "base", str(tiny_model_dir.resolve()), "custom", "finished")]
+    assert evals == [("math500", "tiny-boxed", "finished", 2), ("amc23", "tiny-boxed", "finished", 2)]
+    assert "avg@n" in res.output
+
+    again = runner.invoke(app, _eval_args(tiny_model_dir, db, data_dir, "--backend", "hf"), env=ENV)
+    assert again.exit_code == 0, again.output
+    assert _count(db) == 8 and _count(db, "SELECT MAX(id) FROM samples") == 8  # reused, nothing rewritten
+
+    res = runner.invoke(app, ["query", "SELECT COUNT(*) AS n_rows FROM samples", "--db", str(db)], env=ENV)
+    assert res.exit_code == 0 and "n_rows" in res.output and "8" in res.output
+    for sql in ("DELETE FROM samples", "UPDATE runs SET status = 'x'", "DROP TABLE samples"):
+        res = runner.invoke(app, ["query", sql, "--db", str(db)], env=ENV)
+        assert res.exit_code == 1 and "read-only" in res.output, res.output
+    assert _count(db) == 8 and _count(db, "SELECT COUNT(*) FROM runs WHERE status = 'finished'") == 1
+    res = runner.invoke(app, ["query", "SELECT nope FROM samples", "--db", str(db)], env=ENV)
+    assert res.exit_code == 1 and "SQL error" in res.output
+
+    res = runner.invoke(app, ["runs", "--db", str(db)], env=ENV)
+    assert res.exit_code == 0 and "base" in res.output and "finished" in res.output and "custom" in res.output
+    res = runner.invoke(app, ["show", "1", "--db", str(db)], env=ENV)
+    assert res.exit_code == 0, res.output
+    assert "math500" in res.output and "amc23" in res.output and "amc2023-12A-01" in res.output
+    assert "27" in res.output  # a gold answer is shown next to the extracted one
+    res = runner.invoke(app, ["show", "99", "--db", str(db)], env=ENV)
+    assert res.exit_code == 1 and "no run 99" in res.output
+
+
+def test_bad_inputs_are_clear_errors(tiny_model_dir, data_dir, tmp_path):
+    app, db = _app(), tmp_path / "results.db"
+    res = runner.invoke(app, _eval_args(tmp_path / "missing-model", db, data_dir), env=ENV)
+    assert res.exit_code == 1 and "not found" in res.output
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(app, _eval_args(tmp_path / "empty", db, data_dir), env=ENV)
+    assert res.exit_code == 1 and "config.json" in res.output
+    res = runner.invoke(app, ["eval", str(tiny_model_dir), "--benchmarks", "math500,nope", "--db", str(db)], env=ENV)
+    assert res.exit_code == 1 and "unknown benchmark(s) nope" in res.output
+    res = runner.invoke(app, ["eval", str(tiny_model_dir), "--template", "nope", "--db", str(db)], env=ENV)
+    assert res.exit_code == 1 and "unknown template" in res.output
+    res = runner.invoke(app, ["query", "SELECT 1", "--db", str(tmp_path / "none.db")], env=ENV)
+    assert res.exit_code == 1 and "no database" in res.output
+
+
+def test_methods_lists_the_registry():
+    from harness.method import available_methods
+
+    res = runner.invoke(_app(), ["methods"], env=ENV)
+    assert res.exit_code == 0, res.output
+    for name in available_methods():
+        assert name in res.output
+
+
+def test_leaderboard_command(tiny_model_dir, data_dir, tmp_path):
+    tables = pytest.importorskip("harness.tables")
+    if not hasattr(tables, "leaderboard"):
+        pytest.skip("harness.tables.leaderboard not there yet")
+    app, db = _app(), tmp_path / "results.db"
+    assert runner.invoke(app, _eval_args(tiny_model_dir, db, data_dir, "--backend", "hf"), env=ENV).exit_code == 0
+    for fmt in ("rich", "csv", "json", "markdown"):
+        res = runner.invoke(app, ["leaderboard", "--db", str(db), "--format", fmt], env=ENV)
+        assert res.exit_code == 0, res.output
+        assert "math500" in res.output and "amc23" in res.output
+    res = runner.invoke(app, ["leaderboard", "--db", str(db), "--format", "xml"], env=ENV)
+    assert res.exit_code == 1
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed")
+def test_subprocess_kill_and_resume(tiny_model_dir, data_dir, tmp_path):
+    """A real `reproduce.py eval` killed (SIGKILL) mid-run, then rerun: no duplicates, nothing redone."""
+    db = tmp_path / "results.db"
+    args = [sys.executable, str(ROOT / "reproduce.py"), "eval", str(tiny_model_dir), "--benchmarks", "math500",
+            "--template", "tiny-boxed", "--n", "2", "--temperature", "1.0", "--max-tokens", "48", "--limit", "40",
+            "--batch-size", "1", "--data-dir", str(data_dir), "--db", str(db), "--dtype", "float32",
+            "--max-model-len", "512"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None:
+            if db.exists() and _count(db) >= 4:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the evaluation finished before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the engine core is in the same (new) session
+        proc.wait()
+    with sqlite3.connect(db) as conn:
+        first = conn.execute("SELECT id, problem_id, sample_index FROM samples ORDER BY id").fetchall()
+    assert 4 <= len(first) < 80
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT id, problem_id, sample_index FROM samples ORDER BY id").fetchall()
+        assert conn.execute("SELECT status FROM evaluations").fetchall() == [("finished",)]
+    assert len(rows) == 80 and len({(p, i) for _, p, i in rows}) == 80
+    assert rows[:len(first)] == first
+
+
+class AnswerKey:
+    """A stand-in generator that answers every other problem correctly (boxed gold), the rest wrongly."""
+
+    tokenizer = None
+
+    def __init__(self, problems):
+        self.answers = {p.problem: (i, p.answer) for i, p in enumerate(problems)}
+        self.calls = 0
+
+    def generate(self, prompts, sampling, seeds=None, progress=False):
+        from harness.generation import Completion
+
+        self.calls += 1
+        out = []
+        for prompt in prompts:
+            i, gold = self.answers[prompt.removeprefix("Problem: ").removesuffix("\nSolution:")]
+            text = f" so the answer is \\boxed{{{gold}}}." if i % 2 == 0 else " so the answer is \\boxed{-12345}."
+            out.append([Completion(text, [1] * 5, "stop", 10)] * sampling.n)
+        return out
+
+    def close(self):
+        pass
+
+
+def test_crosscheck_lm_eval_agrees_with_the_harness(data_dir, tmp_path):
+    pytest.importorskip("lm_eval")
+    from benchmarks import load_benchmark
+    from harness.grading import Grader
+    from harness.lm_eval_bridge import crosscheck
+
+    problems = load_benchmark("amc23", data_dir, 4)
+    gen = AnswerKey(problems)
+    with Grader(workers=1) as grader:
+        report = crosscheck("amc23", "stub-model", limit=4, template="tiny-boxed", max_tokens=32, data_dir=data_dir,
+                            db=tmp_path / "r.db", generator=gen, grader=grader)
+    assert gen.calls == 2  # once for the harness, once through lm-eval's generate_until
+    assert [r["problem_id"] for r in report["rows"]] == [p.id for p in problems]
+    assert report["same_prompt"] == report["same_completion"] == report["agreement"] == 1.0
+    assert [r["lm_eval_math_verify"] for r in report["rows"]] == [True, False, True, False]
+    assert report["lm_eval_accuracy"] == report["harness_accuracy"] == report["lm_eval_exact_match"] == 0.5
+    assert _count(tmp_path / "r.db", "SELECT COUNT(*) FROM samples WHERE correct") == 2
+    with sqlite3.connect(tmp_path / "r.db") as conn:
+        metrics = conn.execute("SELECT metrics FROM evaluations").fetchone()[0]
+    assert '"crosscheck"' in metrics and '"agreement": 1.0' in metrics

@@ -1,0 +1,239 @@
+r"""The grader: our extraction policy, our fixes to math-verify's leniencies, time limits, the pool.
+
+Each leniency test first pins what math-verify 0.9 does by default (`_mv_default`), then the verdict
+our policy wants and why. If a math-verify upgrade changes a default, the first assert says so.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from harness.grading import Grader, Verdict, _grade_batch, extract_answer, is_correct, normalize_answer
+
+
+def _mv_default(completion: str, gold: str) -> bool:
+    """math-verify out of the box: parse(completion) against parse("$gold$")."""
+    from math_verify import parse, verify
+
+    return verify(parse("$" + gold + "$"), parse(completion))
+
+
+@pytest.fixture(scope="module")
+def grader():
+    with Grader(workers=0, timeout_s=5.0) as g:
+        yield g
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with Grader(workers=2, timeout_s=1.0, batch_size=4, hard_grace_s=5.0) as g:
+        yield g
+
+
+def verdict(grader: Grader, completion: str, gold: str) -> Verdict:
+    return grader.grade([(completion, gold)])[0]
+
+
+# --- extraction policy ------------------------------------------------------------------------------
+
+def test_last_box_wins_over_earlier_boxes(grader):
+    text = r"First try: \boxed{3}. That was wrong; redo. So the answer is \boxed{\frac{14}{3}}."
+    v = verdict(grader, text, r"\frac{14}{3}")
+    assert v.extracted == r"\frac{14}{3}" and v.correct and v.error is None
+    assert not verdict(grader, text, "3").correct
+
+
+def test_several_boxes_are_not_merged_into_a_set(grader):
+    text = r"\boxed{1}, \boxed{2}"
+    # math-verify merges adjacent boxes into the set {1, 2}: gold "1,2" passes, gold "2" fails.
+    assert _mv_default(text, "1,2") and not _mv_default(text, "2")
+    # Ours: one answer, one box; the last box is the answer. A model that hedges with two boxes gets
+    # graded on its last one, and must put a list answer in ONE box to get credit for it.
+    assert verdict(grader, text, "2").correct
+    assert not verdict(grader, text, "1,2").correct
+    assert verdict(grader, r"\boxed{1, 2}", "1,2").correct
+
+
+def test_no_last_number_fallback_without_a_box(grader):
+    text = "The sum is 3 and then 7 apples"
+    # math-verify's default takes the last number in the text anywhere.
+    assert _mv_default(text, "7")
+    # Ours: without a box only ANCHORED answers count; a stray number is not an answer (crediting it
+    # inflates pass@k at large k: some of many rambling samples end in the right integer).
+    v = verdict(grader, text, "7")
+    assert v.extracted is None and not v.correct and v.error is None
+    assert extract_answer(text, fallback="any") == "7"  # the opt-in, math-verify's default
+    assert Grader(workers=0, fallback="any").grade([(text, "7")])[0].correct
+
+
+@pytest.mark.parametrize("text,gold", [
+    ("The answer is 7.", "7"),
+    ("Final answer: the value is 12", "12"),
+    (r"The final answer is $\frac{1}{2}$", r"\frac12"),
+    ("Answer: 3/4", r"\frac{3}{4}"),
+])
+def test_anchored_fallback_accepts_answer_statements(grader, text, gold):
+    assert verdict(grader, text, gold).correct
+
+
+def test_fallback_none_accepts_boxes_only():
+    g = Grader(workers=0, fallback="none")
+    assert g.grade([("The answer is 7.", "7"), (r"\boxed{7}", "7")])[0].extracted is None
+    assert [v.correct for v in g.grade([("The answer is 7.", "7"), (r"\boxed{7}", "7")])] == [False, True]
+
+
+def test_unclosed_or_empty_box_is_no_answer(grader):
+    assert verdict(grader, r"so \boxed{5", "5").extracted is None  # truncated generation
+    v = verdict(grader, r"The answer is \boxed{}", "5")
+    assert v.extracted == "" and not v.correct
+
+
+# --- normalization: our fixes ----------------------------------------------------------------------
+
+def test_percent_is_a_sign_not_a_division(grader):
+    # math-verify treats 50\%, 50 and 0.5 as one value.
+    assert _mv_default(r"\boxed{50\%}", "0.5") and _mv_default(r"\boxed{0.5}", "50\\%")
+    # Ours: MATH writes percent answers with and without "\%", so 50\% == 50 both ways; but 0.5 is a
+    # wrong answer to "what percent ...?" and 50\% is a wrong answer when the gold is the number 0.5.
+    assert verdict(grader, r"\boxed{50\%}", "50").correct
+    assert verdict(grader, r"\boxed{50}", r"50\%").correct
+    assert verdict(grader, r"\boxed{50\%}", r"50\%").correct
+    assert verdict(grader, "The answer is 50%", "50").correct
+    assert not verdict(grader, r"\boxed{50\%}", "0.5").correct
+    assert not verdict(grader, r"\boxed{0.5}", r"50\%").correct
+    assert normalize_answer(r"12.5\text{\%}") == normalize_answer("12.5%") == "12.5"
+
+
+def test_scientific_notation_is_a_number(grader):
+    # math-verify reads 3e5 as 3*e*5 (Euler's number): wrong against 300000, "right" against 15e.
+    assert not _mv_default(r"\boxed{3e5}", "300000") and _mv_default(r"\boxed{3e5}", "15e")
+    # Ours: a whole answer of the form <decimal>e<int> is scientific notation.
+    assert verdict(grader, r"\boxed{3e5}", "300000").correct
+    assert verdict(grader, r"\boxed{1.5E-3}", "0.0015").correct
+    assert not verdict(grader, r"\boxed{3e5}", "15e").correct
+    assert normalize_answer("3e5") == r"3\times10^{5}" and normalize_answer("e5") == "e5"
+
+
+def test_trailing_period_inside_the_box(grader):
+    # math-verify cannot parse "5." and then compares the strings "5." and "5": incorrect.
+    assert not _mv_default(r"\boxed{5.}", "5")
+    # Ours: a sentence-ending period inside the box is punctuation, not part of the answer.
+    assert verdict(grader, r"\boxed{5.}", "5").correct
+    assert verdict(grader, r"\boxed{5}", "5.").correct
+    assert verdict(grader, r"\boxed{2.5}", "2.5").correct and not verdict(grader, r"\boxed{2.5}", "25").correct
+
+
+@pytest.mark.parametrize("text,gold,ok", [
+    (r"\boxed{\dfrac{14}{3}}", r"\frac{14}{3}", True),  # LaTeX gold
+    (r"\boxed{14/3}", r"\frac{14}{3}", True),
+    (r"\boxed{4.6667}", r"\frac{14}{3}", False),  # rounded decimals are not exact answers
+    (r"\boxed{27}", "27", True),  # plain gold
+    (r"\boxed{28}", "27", False),
+    (r"\boxed{x=5}", "5", True),  # an assignment's value (verify(gold, pred) is not symmetric)
+    (r"\boxed{\left( 3, \frac{\pi}{2} \right)}", r"\left( 3, \frac{\pi}{2} \right)", True),
+    (r"\boxed{(3, \pi)}", r"\left( 3, \frac{\pi}{2} \right)", False),
+    (r"\boxed{\text{(C)}}", r"\text{(C)}", True),
+])
+def test_gold_forms(grader, text, gold, ok):
+    assert verdict(grader, text, gold).correct is ok
+
+
+# --- time limits, the pool ---------------------------------------------------------------------------
+
+PATHOLOGICAL = [r"\boxed{10^{10^{10^{10}}}}", r"\boxed{2^{2^{2^{2^{2^{2}}}}}}", r"\boxed{10!!!!!!}"]
+
+
+def test_pathological_answer_times_out_in_process():
+    g = Grader(workers=0, timeout_s=0.5)
+    t0 = time.perf_counter()
+    v = g.grade([(PATHOLOGICAL[0], "1"), (r"\boxed{1}", "1")])
+    assert time.perf_counter() - t0 < 3.0
+    assert v[0].error == "timeout" and not v[0].correct and v[0].extracted == "10^{10^{10^{10}}}"
+    assert 400 < v[0].ms < 2500
+    assert v[1].correct and v[1].error is None  # the next pair is unharmed
+
+
+def test_pool_times_out_pathological_pairs_and_keeps_order(pool):
+    pairs = [(rf"so \boxed{{{i}}}", str(i if i % 3 else i + 1)) for i in range(30)]
+    for j, text in zip((4, 13, 22), PATHOLOGICAL):
+        pairs[j] = (text, "1")
+    t0 = time.perf_counter()
+    verdicts = pool.grade(pairs)
+    assert time.perf_counter() - t0 < 30  # three 1 s CPU limits (+ worker start, load), not a hang
+    for i, v in enumerate(verdicts):
+        if i in (4, 13, 22):
+            assert v.error == "timeout" and not v.correct
+        else:
+            assert v.error is None and v.extracted == str(i) and v.correct == (i % 3 != 0), (i, v)
+    # the pool survived and still grades
+    assert [v.correct for v in pool.grade([(r"\boxed{2}", "2"), (r"\boxed{2}", "3")])] == [True, False]
+
+
+def _stalling_batch(pairs, timeout_s, fallback):
+    """Stands for a C-level loop that no signal interrupts: our timer's signals are blocked, and it
+    spins (burning CPU, so that the worker's CPU-time timer would fire if it could)."""
+    if any("STALL" in c for c, _ in pairs):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGPROF})
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            pass
+    return _grade_batch(pairs, timeout_s, fallback)
+
+
+class _StallingGrader(Grader):
+    def _schedule(self, pairs):
+        return self._ensure_pool().schedule(_stalling_batch, args=(pairs, self.timeout_s, self.fallback),
+                                            timeout=self.timeout_s * len(pairs) + self.hard_grace_s)
+
+
+def test_hard_limit_kills_a_stuck_worker_and_regrades_its_batch():
+    with _StallingGrader(workers=2, timeout_s=0.5, batch_size=2, hard_grace_s=0.5) as g:
+        t0 = time.perf_counter()
+        v = g.grade([(r"\boxed{1}", "1"), (r"\boxed{9} STALL", "1"), (r"\boxed{3}", "3"), (r"\boxed{4}", "5")])
+        assert time.perf_counter() - t0 < 30
+    assert v[1].error == "timeout" and not v[1].correct and v[1].extracted == "9"  # killed twice
+    assert [(x.extracted, x.correct, x.error) for i, x in enumerate(v) if i != 1] == [
+        ("1", True, None), ("3", True, None), ("4", False, None)]  # its batch-mate was re-graded
+
+
+def test_memory_limit_fails_a_runaway_answer_fast():
+    # 2^(10^9) is a 125 MB integer: with 64 MB of headroom the worker's allocation fails at once
+    # (math-verify swallows the MemoryError: incorrect, no error) instead of computing for seconds.
+    with Grader(workers=1, timeout_s=10.0, memory_limit_mb=64) as g:
+        v = g.grade([(r"\boxed{2^{10^{9}}}", "1"), (r"\boxed{2^{3}}", "8")])
+    assert not v[0].correct and v[0].error != "timeout" and v[0].extracted == "2^{10^{9}}"
+    assert v[1].correct and v[1].error is None
+
+
+def test_grade_async_matches_grade(pool):
+    pairs = [(rf"\boxed{{{i}}}", str(i % 4)) for i in range(12)]
+    future = pool.grade_async(pairs)
+    in_between = pool.grade(pairs[:2])  # the caller keeps working while the future runs
+    got = future.result(timeout=60)
+    assert [(v.extracted, v.correct, v.error) for v in got] == [
+        (v.extracted, v.correct, v.error) for v in pool.grade(pairs)]
+    assert [v.correct for v in got] == [i < 4 for i in range(12)]
+    assert [v.correct for v in in_between] == [True, True]
+
+
+def test_in_process_grader_refuses_other_threads():
+    g = Grader(workers=0)
+    errors = []
+    t = threading.Thread(target=lambda: errors.append(pytest.raises(RuntimeError, g.grade, [("1", "1")])))
+    t.start()
+    t.join()
+    assert errors and "main thread" in str(errors[0].value)
+    assert g.grade_async([(r"\boxed{1}", "1")]).result()[0].correct  # workers=0: done at once
+
+
+def test_settings_and_is_correct():
+    s = Grader(workers=3, timeout_s=2.5).settings()
+    assert s["grader"] == "math-verify/last-boxed" and s["math_verify"].count(".") >= 1
+    assert s["timeout_s"] == 2.5 and s["workers"] == 3 and s["fallback"] == "anchored"
+    assert is_correct(r"so \boxed{\frac{1}{2}}", "0.5") and not is_correct(r"\boxed{2}", "0.5")
+    with pytest.raises(ValueError, match="fallback"):
+        Grader(fallback="last")

@@ -1,0 +1,286 @@
+"""LatentRevise revision core: hull invariants, the chunked oracle, frozen policy, descent, padding,
+prompt-cache reuse, determinism, the leakage guard, vLLM == transformers from embeddings, and GPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_core():
+    """The core alone: the GPU machine has no sqlalchemy, which `methods/__init__` pulls in."""
+    try:
+        from methods.latentrevise import core
+        return core
+    except ImportError:
+        spec = importlib.util.spec_from_file_location("lr_core", ROOT / "methods" / "latentrevise" / "core.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["lr_core"] = mod
+        spec.loader.exec_module(mod)
+        return mod
+
+
+core = _load_core()
+ReviseConfig, ReviseItem, Reviser = core.ReviseConfig, core.ReviseItem, core.Reviser
+
+
+# ------------------------------------------------------------------------------------------------
+# fixtures
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: one thread is faster, and far faster on a shared, oversubscribed CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    return model, tok
+
+
+def make_items(tok, specs=((3, 7), (12, 14), (51, 2))):
+    """Failed rollouts of different lengths (padding is exercised), each with a wrong answer."""
+    items = []
+    for a, b in specs:
+        x = tok(f"Problem: {a}+{b}\nSolution:", add_special_tokens=False).input_ids
+        y = tok(f" {a}+{b}={a + b + 1}. The final answer is \\boxed{{{a + b + 1}}}.", add_special_tokens=False).input_ids
+        items.append(ReviseItem(x, y, str(a + b)))
+    return items
+
+
+# ------------------------------------------------------------------------------------------------
+# invariants
+# ------------------------------------------------------------------------------------------------
+
+def test_iterates_stay_in_hull_and_equal_their_vertex_sum(tiny):
+    model, tok = tiny
+    K = 5
+    E = model.get_input_embeddings().weight.detach()
+    results = Reviser(model, tok, ReviseConfig(fw_steps=K, revise_last=6)).revise(make_items(tok))
+    for r in results:
+        w, ids = r.vertex_weights, r.vertex_ids
+        assert w.shape == (r.prefix_len, K + 1)
+        assert (w >= 0).all()
+        assert torch.allclose(w.sum(-1), torch.ones(r.prefix_len), atol=1e-6)
+        for i in range(r.prefix_len):
+            used = ids[i][w[i] > 0].tolist()
+            assert len(used) == len(set(used)) <= K + 1  # merged: one slot per vertex
+        # the iterate the model saw (updated as (1-g) z + g e_s) is exactly the convex combination
+        assert torch.allclose((w[..., None] * E[ids]).sum(-2), r.iterate, atol=1e-5)
+        # positions before the revised window keep their token, weight 1
+        frozen = slice(0, r.revise_start)
+        assert r.revise_start == r.prefix_len - 6
+        assert torch.equal(ids[frozen, 0], torch.tensor(r.prefix_ids[frozen]))
+        assert torch.all(w[frozen, 0] == 1)
+        assert r.discrete_ids[: r.revise_start] == r.prefix_ids[: r.revise_start]
+        # every vertex the oracle picked is a vertex of the iterate, with positive weight
+        for k, picks in enumerate(r.oracle_ids):
+            for j, v in enumerate(picks):
+                pos = r.revise_start + j
+                assert v in ids[pos][w[pos] > 0].tolist()
+        assert r.gammas == pytest.approx([2 / (k + 3) for k in range(K)])  # default rule never takes g = 1
+
+
+def test_chunked_oracle_matches_bruteforce():
+    gen = torch.Generator().manual_seed(0)
+    G, E = torch.randn(37, 16, generator=gen), torch.randn(101, 16, generator=gen)
+    allowed = torch.rand(101, generator=gen) > 0.2
+    scores = G @ E.T
+    brute = scores.argmin(-1)
+    brute_masked = scores.masked_fill(~allowed, float("inf")).argmin(-1)
+    for chunk in (1, 7, 64, 101, 500):
+        assert torch.equal(core.lmo(G, E, chunk), brute)
+        assert torch.equal(core.lmo(G, E, chunk, allowed), brute_masked)
+    assert allowed[core.lmo(G, E, 7, allowed)].all()
+    d = ((E[None] - G[:, None]) ** 2).sum(-1).masked_fill(~allowed, float("inf"))
+    assert torch.equal(core.nearest_tokens(G, E, 9, allowed), d.argmin(-1))
+
+
+def test_policy_is_untouched(tiny):
+    model, tok = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.requires_grad_(True)  # as a policy being trained would be
+    results = Reviser(model, tok, ReviseConfig(fw_steps=3)).revise(make_items(tok))
+    assert all(r is not None for r in results)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())  # flags restored after the revision
+    assert not model.training
+    model.requires_grad_(False)
+
+
+def test_gold_term_decreases_without_away_term(tiny):
+    model, tok = tiny
+    results = Reviser(model, tok, ReviseConfig(fw_steps=6, loss_terms="gold")).revise(make_items(tok))
+    for r in results:
+        assert len(r.gold_loss) == 7 and all(a is None for a in r.away_loss)
+        assert r.gold_loss[-1] < r.gold_loss[0] - 0.05, r.gold_loss
+
+
+def test_batching_and_prompt_cache_do_not_change_results(tiny):
+    model, tok = tiny
+    items = make_items(tok)
+    ref = Reviser(model, tok, ReviseConfig(fw_steps=3, revise_batch=8)).revise(items)
+    for cfg in (ReviseConfig(fw_steps=3, revise_batch=1), ReviseConfig(fw_steps=3, reuse_prompt_cache=False),
+                ReviseConfig(fw_steps=3, grad_checkpointing=True)):
+        other = Reviser(model, tok, cfg).revise(items)
+        for a, b in zip(ref, other):
+            assert a.discrete_ids == b.discrete_ids
+            assert torch.allclose(torch.tensor(a.gold_loss), torch.tensor(b.gold_loss), atol=1e-5)
+            assert torch.allclose(torch.tensor(a.away_loss), torch.tensor(b.away_loss), atol=1e-5)
+
+
+def test_deterministic(tiny):
+    model, tok = tiny
+    cfg = ReviseConfig(fw_steps=3, step_rule="line-search", discretize="nearest")
+    a, b = (Reviser(model, tok, cfg).revise(make_items(tok)) for _ in range(2))
+    for x, y in zip(a, b):
+        assert x.gold_loss == y.gold_loss and x.discrete_ids == y.discrete_ids
+        assert torch.equal(x.vertex_ids, y.vertex_ids) and torch.equal(x.vertex_weights, y.vertex_weights)
+        assert torch.equal(x.prompt_embeds, y.prompt_embeds)
+
+
+def test_config_fields_change_the_split_and_objective(tiny):
+    model, tok = tiny
+    item = make_items(tok)[:1]
+    n = len(item[0].rollout_ids)
+    assert core.prefix_length(n, ReviseConfig(prefix_len=4)) == 4
+    assert core.prefix_length(n, ReviseConfig(prefix_frac=0.5, prefix_max_tokens=3)) == 3
+    assert core.prefix_length(1, ReviseConfig()) == 0
+    assert core.prefix_length(5, ReviseConfig(prefix_len=99)) == 4  # always leaves a continuation
+    clipped = Reviser(model, tok, ReviseConfig(fw_steps=2, away_form="clipped-nll", away_clip=0.5)).revise(item)[0]
+    assert all(-0.5 - 1e-6 <= v <= 0 for v in clipped.away_loss)  # bounded by the clip
+    ul = Reviser(model, tok, ReviseConfig(fw_steps=2)).revise(item)[0]
+    assert all(v >= 0 for v in ul.away_loss)  # unlikelihood is >= 0
+    free = Reviser(model, tok, ReviseConfig(fw_steps=2, hull=False)).revise(item)[0]
+    E = model.get_input_embeddings().weight.detach()
+    assert not torch.allclose(free.iterate, E[free.vertex_ids[:, 0]])  # moved, outside the vertex record
+    with pytest.raises(ValueError, match="away_form"):
+        Reviser(model, tok, ReviseConfig(away_form="log"))
+
+
+def test_leakage_guard_catches_planted_cases():
+    from methods.latentrevise.mining import bare_restatement, leak_check, prefix_leak
+
+    # (A) the revision wrote the answer into the prefix
+    assert prefix_leak("23 + 45 = 204.", "23 + 45 = 68.", "204")
+    assert prefix_leak("so \\boxed{7", "so the", "9")
+    assert not prefix_leak("68 * 3 = 204.", "68 * 3 = 204.", "204")  # was there before the revision
+    assert not prefix_leak("1204 + 5", "1 + 5", "204")  # inside a longer number
+    # (B) answer restated without reasoning
+    assert bare_restatement("23 + 45 = 68.", " The answer is \\boxed{204}.", "204", 3)
+    assert not bare_restatement("23 + 45 = 68. 68 * 3 = 2", "04. The answer is \\boxed{204}.", "204", 3)
+    assert not bare_restatement("23 + 45 = 68.", " 68 * 3 = 60 * 3 + 8 * 3 = 204. The answer is \\boxed{204}.",
+                                "204", 3)
+    assert leak_check("a", "a", " The answer is \\boxed{5}.", "5", 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# continuation from embeddings: vLLM == transformers
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.vllm
+def test_vllm_and_transformers_continue_the_same_from_embeddings(tiny, vllm_generator, hf_generator):
+    from harness.generation import Sampling
+
+    model, tok = tiny
+    results = Reviser(model, tok, ReviseConfig(fw_steps=3)).revise(make_items(tok)[:2])
+    embeds = [r.prompt_embeds for r in results]
+    greedy = Sampling(n=1, temperature=0.0, max_tokens=12)
+    a = vllm_generator.generate(embeds, greedy)
+    b = hf_generator.generate(embeds, greedy)
+    for x, y, e in zip(a, b, embeds):
+        assert len(x[0].token_ids) > 0
+        assert x[0].token_ids == y[0].token_ids
+        assert x[0].prompt_tokens == y[0].prompt_tokens == e.shape[0]
+    assert embeds[0].shape[0] == len(results[0].item.prompt_ids) + results[0].prefix_len
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU (skipped without CUDA)
+# ------------------------------------------------------------------------------------------------
+
+class _StubTok:
+    """Enough of a tokenizer for the core: ids from characters."""
+
+    def __init__(self, vocab: int):
+        self.vocab, self.pad_token_id, self.all_special_ids = vocab, 0, [0]
+
+    def __len__(self):
+        return self.vocab
+
+    def __call__(self, text, add_special_tokens=False):
+        return SimpleNamespace(input_ids=[1 + ord(c) % (self.vocab - 1) for c in text])
+
+    def decode(self, ids, skip_special_tokens=False):
+        return " ".join(map(str, ids))
+
+
+def _random_qwen(vocab=4096, hidden=256, layers=4, dtype=torch.bfloat16, device="cuda"):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                      max_position_embeddings=1024)
+    return Qwen2ForCausalLM(cfg).to(device, dtype).eval()
+
+
+def _gpu_items(n=4, seed=0, vocab=4096):
+    g = torch.Generator().manual_seed(seed)
+    return [ReviseItem(torch.randint(1, vocab, (20 + 7 * i,), generator=g).tolist(),
+                       torch.randint(1, vocab, (40 + 9 * i,), generator=g).tolist(), str(100 + i)) for i in range(n)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_bf16_revision_matches_its_variants_and_keeps_invariants():
+    model = _random_qwen()
+    tok = _StubTok(model.config.vocab_size)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    items = _gpu_items()
+    ref = Reviser(model, tok, ReviseConfig(fw_steps=4)).revise(items)  # checkpointing on (CUDA default)
+    assert Reviser(model, tok, ReviseConfig()).checkpointing
+    for cfg in (ReviseConfig(fw_steps=4, grad_checkpointing=False), ReviseConfig(fw_steps=4, reuse_prompt_cache=False)):
+        for a, b in zip(ref, Reviser(model, tok, cfg).revise(items)):
+            assert abs(a.gold_loss[0] - b.gold_loss[0]) < 0.05 * max(1.0, abs(a.gold_loss[0]))
+    E = model.get_input_embeddings().weight.detach().float().cpu()
+    for r in ref:
+        assert torch.allclose(r.vertex_weights.sum(-1), torch.ones(r.prefix_len), atol=1e-5)
+        assert torch.allclose((r.vertex_weights[..., None] * E[r.vertex_ids]).sum(-2), r.iterate, atol=1e-3)
+        assert r.peak_mem_mb and r.peak_mem_mb > 0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_chunked_oracle_matches_bruteforce_and_bounds_memory():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    G = torch.randn(512, 1536, device="cuda", generator=g)
+    E = torch.randn(151936, 1536, device="cuda", generator=g)
+    brute = (G @ E.T).argmin(-1)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    got = core.lmo(G, E, 8192, dtype=torch.float32)
+    extra = torch.cuda.max_memory_allocated() - base
+    assert (got == brute).float().mean() > 0.999  # float32 reduction order may flip exact near-ties
+    assert extra < 4 * 512 * 8192 * 4 + 64 * 2**20  # O(N x chunk), far below N x V x 4 = 311 MB

@@ -1,0 +1,189 @@
+"""reproduce(): the plan (offline, reuse by config hash), the dry-run estimate, ablation checks, reuse."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import pytest
+
+from harness import paper
+from harness.presets import PAPER, TINY
+from harness.store import Evaluation, Run, Sample, finish_run, get_or_create_run, open_db, session_scope
+
+FIVE_METHODS = ("base", "sft", "grpo", "lr-sft", "lr-grpo")
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Any hub access fails the test: planning must resolve nothing remotely."""
+    import benchmarks.registry as registry
+
+    def no_hub(*a, **k):
+        raise AssertionError("the plan touched the hub")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.delenv("LATENTREVISE_DATA_DIR", raising=False)
+    monkeypatch.setattr(registry, "_load_hub", no_hub)
+    import harness.runner as runner
+
+    monkeypatch.setattr(runner, "resolve_base_model", no_hub)
+
+
+def test_paper_dry_run_prints_full_plan_offline(tmp_path, capsys, offline):
+    db = tmp_path / "results.db"
+    assert paper.reproduce(table="main", preset="paper", dry_run=True, db=str(db)) is None
+    out = capsys.readouterr().out
+    assert not db.exists()  # a dry run creates no database
+    for m in FIVE_METHODS:
+        assert re.search(rf"│ {re.escape(m)}\s+│ {re.escape(m)}\s+│.*│ run\s+│", out), f"{m} missing from plan:\n{out}"
+    assert "error" not in out.lower()
+    for b in PAPER.benchmarks:
+        assert b in out
+    assert "Qwen/Qwen2.5-Math-1.5B" in out
+    total = float(re.search(r"estimate: ([\d.]+) GPU hours", out).group(1))
+    assert total > 1.0
+    assert "decode" in out and "MFU" in out and "math500=500 (published size (assumed))" in out
+
+
+def test_estimate_formula():
+    """Evaluation only (base): generated tokens / decode rate; 1.5B on the paper preset."""
+    st = paper.Step("base", "base")
+    est = paper.estimate_step(st, PAPER, data_dir=None)
+    completion = paper.MEAN_COMPLETION_FRAC * PAPER.eval.max_tokens
+    tokens = sum(paper.KNOWN_SIZES[b] * PAPER.eval.n_for(b) for b in PAPER.benchmarks) * completion
+    assert est["eval_generated"] == pytest.approx(tokens)
+    assert est["gpu_hours"] == pytest.approx(tokens / paper.GEN_TOK_S[1.5] / 3600)
+    assert paper.estimate_step(st, TINY, data_dir=None) is None  # CPU preset: no GPU estimate
+
+
+def test_local_data_dir_counts(data_dir):
+    n, where = paper.dataset_size("math_train", str(data_dir), {"level": ["Level 3", "Level 4", "Level 5"]})
+    assert n == 5586 and "counted" in where
+
+
+def test_ablation_field_is_checked(monkeypatch):
+    bogus = paper.Ablation("bogus", "no_such_field", (1, 2), "nothing")
+    monkeypatch.setitem(paper.ABLATIONS, "bogus", bogus)
+    with pytest.raises(ValueError, match="no_such_field.*does not exist"):
+        paper.table_steps("ablation-bogus", TINY)
+    with pytest.raises(KeyError, match="unknown ablation"):
+        paper.table_steps("ablation-nope", TINY)
+    with pytest.raises(ValueError, match="unknown table"):
+        paper.table_steps("mian", TINY)
+
+
+@pytest.mark.parametrize("name", sorted(paper.ABLATIONS))
+def test_every_ablation_field_exists(name):
+    """The ablations name real LatentRevise config fields (fails until methods/latentrevise has them)."""
+    steps = paper.table_steps(f"ablation-{name}", TINY)
+    assert len([s for s in steps if s.method == paper.LATENTREVISE_METHOD]) == len(paper.ABLATIONS[name].values)
+
+
+def _store_finished(factory, preset, method, benchmarks):
+    """A finished run with exactly the config hash the plan computes, plus finished evaluations."""
+    from harness.runner import base_model_identity, run_config
+
+    config = ({**base_model_identity(preset), "preset": preset.name} if method == "base"
+              else run_config(preset, method)[1])
+    run, _ = get_or_create_run(factory, method=method, model=preset.base_model, preset=preset.name,
+                               seed=preset.seed, config=config)
+    finish_run(factory, run.id, checkpoint="/nowhere")
+    n = preset.eval.n_for(benchmarks[0])
+    with session_scope(factory) as s:
+        for b in benchmarks:
+            ev = Evaluation(run_id=run.id, benchmark=b, template=preset.eval.template,
+                            sampling={"n": n, "temperature": preset.eval.temperature, "top_p": preset.eval.top_p,
+                                      "max_tokens": preset.eval.max_tokens, "seed": preset.eval.seed},
+                            grader={}, eval_hash=f"{b}", n_problems=4, status="finished")
+            s.add(ev)
+            s.flush()
+            s.add_all(Sample(evaluation_id=ev.id, problem_id=str(i), sample_index=j, prompt="", completion="",
+                             gold="", prompt_tokens=0, completion_tokens=0, finish_reason="stop", extracted=None,
+                             correct=(i + j + len(method)) % 3 == 0, grading_ms=0.0)
+                      for i in range(4) for j in range(n))
+    return run.id
+
+
+def test_second_invocation_reuses_everything(db_url, capsys, monkeypatch, offline):
+    factory = open_db(db_url)
+    for m in FIVE_METHODS:
+        _store_finished(factory, TINY, m, list(TINY.benchmarks))
+    steps = paper.plan_table("main", TINY, factory)
+    assert [(s.method, s.action) for s in steps] == [(m, "reuse") for m in FIVE_METHODS]
+
+    def boom(*a, **k):
+        raise AssertionError("a reused plan must not train, evaluate or start a grader")
+
+    import harness.runner as runner
+
+    for name in ("train_method", "evaluate_run", "base_run"):
+        monkeypatch.setattr(runner, name, boom)
+    monkeypatch.setattr(paper, "execute", lambda steps, *a, **k: [boom() for s in steps if s.action != "reuse"])
+    first = paper.reproduce(table="main", preset="tiny", db=db_url, fmt="json")
+    out1 = capsys.readouterr().out
+    second = paper.reproduce(table="main", preset="tiny", db=db_url, fmt="json")
+    out2 = capsys.readouterr().out
+    assert out1 == out2 and [r["method"] for r in json.loads(out1)["rows"]] == list(FIVE_METHODS)
+    assert first.rows[0]["method"] == "base" and second.columns == first.columns
+
+
+def test_missing_evaluation_is_planned(db_url, offline):
+    factory = open_db(db_url)
+    _store_finished(factory, TINY, "base", list(TINY.benchmarks[:2]))
+    base = paper.plan_table("main", TINY, factory)[0]
+    assert base.action == "evaluate" and TINY.benchmarks[2] in base.detail
+    assert paper.plan_table("main", TINY, factory, fresh=True)[0].action == "run"
+
+
+def test_fresh_base_run_replaces_the_stored_one(db_url, monkeypatch):
+    import harness.runner as runner
+
+    monkeypatch.setattr(runner, "resolve_base_model", lambda preset, progress=True: "/model")
+    factory = open_db(db_url)
+    first = paper.base_run(factory, TINY)
+    with session_scope(factory) as s:
+        s.add(Evaluation(run_id=first.id, benchmark="arith-easy", template="t", sampling={}, grader={},
+                         eval_hash="x", n_problems=1, status="finished"))
+    assert paper.base_run(factory, TINY).id == first.id  # reused
+    fresh = paper.base_run(factory, TINY, fresh=True)
+    with session_scope(factory) as s:
+        assert s.query(Evaluation).count() == 0 and s.query(Run).count() == 1
+    assert fresh.status == "finished" and fresh.checkpoint == "/model"
+
+
+def test_all_tables_known():
+    assert {s.method for s in paper.table_steps("main", TINY)} == set(FIVE_METHODS)
+    assert [s.method for s in paper.table_steps("reference", PAPER)] == ["base"]
+    assert paper.table_steps("reference", TINY) == []  # nothing published for the tiny model
+    rescue = paper.table_steps("rescue", TINY)
+    assert [s.method for s in rescue] == ["lr-sft", "resample", "hint"] and not any(s.evaluate for s in rescue)
+    assert rescue[0].overrides == {} and rescue[1].overrides == paper.MINING_ONLY
+    assert dataclasses.is_dataclass(paper.Step)
+
+
+def test_a_failing_method_is_noted_and_the_rest_still_print(db_url, capsys, monkeypatch, offline):
+    import harness.grading as grading
+    import harness.runner as runner
+
+    factory = open_db(db_url)
+    for m in ("base", "sft", "lr-sft", "lr-grpo"):
+        _store_finished(factory, TINY, m, list(TINY.benchmarks))
+
+    class NoGrader:
+        def close(self):
+            pass
+
+    def fail(factory, preset, method, **kw):
+        raise RuntimeError(f"{method} exploded")
+
+    monkeypatch.setattr(grading, "Grader", NoGrader)
+    monkeypatch.setattr(runner, "train_method", fail)
+    t = paper.reproduce(table="main", preset="tiny", db=db_url, fmt="markdown")
+    out = capsys.readouterr()
+    assert [r["method"] for r in t.rows] == ["base", "sft", "lr-sft", "lr-grpo"]
+    assert "failed this invocation: grpo: RuntimeError: grpo exploded" in t.notes
+    assert "grpo failed" in out.err and "| lr-grpo |" in out.out
+    assert any(n.startswith("lr-grpo: baseline grpo has no row") for n in t.notes)
