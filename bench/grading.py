@@ -9,7 +9,7 @@ Three phases per configuration, each a separate `grade` call on the same lists f
 Every configuration starts with a cold answer cache; pool start-up (spawning workers, importing
 sympy) is timed apart.
 
-    python bench/grading.py [--data-dir ../shared/data] [--train 1000] [--unboxed 200] [--timeout-s 2] [--json out.json]
+    python bench/grading.py [--data-dir ../shared/data] [--train 500] [--unboxed 100] [--timeout-s 2] [--json out.json]
 
 Timings share the machine with whatever else runs: repeat before trusting a small difference.
 """
@@ -48,10 +48,10 @@ def measure(name: str, grader: Grader, phases: dict[str, list[tuple[str, str]]])
 
 
 def main(data_dir: Path = typer.Option(Path(os.environ.get("LATENTREVISE_DATA_DIR", "../shared/data"))),
-         train: int = 1000, unboxed: int = 200, timeout_s: float = 2.0,
+         train: int = 500, unboxed: int = 100, timeout_s: float = 2.0,
          json_out: Path | None = typer.Option(None, "--json")):
     math500 = load_benchmark("math500", data_dir)
-    problems = math500 + load_benchmark("math_train", data_dir, limit=train)
+    problems = math500 + (load_benchmark("math_train", data_dir, limit=train) if train else [])  # limit=0: all
     phases = {
         "boxed": [(p.meta["solution"], p.answer) for p in problems],
         "no-box": [(p.meta["solution"].replace("\\boxed", ""), p.answer) for p in math500[:unboxed]],

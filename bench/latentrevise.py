@@ -206,6 +206,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, default=800.0, help="bf16 dense peak used for %% of peak")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile", default=None, help="write a torch.profiler table of one revision (K=2) here")
     a = ap.parse_args()
     big = a.shape == "qwen2.5-math-1.5b"
     a.prompt = a.prompt or (256 if big else 32)
@@ -214,7 +215,7 @@ def main() -> None:
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device")
     if a.device == "cpu":
-        torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+        torch.set_num_threads(1)  # the shared 2-core box: more threads only spin
     core = load_core()
     dev = a.device
     res: dict = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "shape": a.shape,
@@ -250,6 +251,17 @@ def main() -> None:
         if dev == "cuda":
             res[f"peak_mem_gib[{name}]"] = torch.cuda.max_memory_allocated() / 2**30
         print(f"FW step ({name}, checkpointing={ck if ck is not None else ckpt_default}): {1e3 * step:.1f} ms", flush=True)
+    if a.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        run = revise(a.k1, None)
+        run()
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev == "cuda" else [])
+        with profile(activities=acts) as prof:
+            run()
+            sync(dev)
+        key = "cuda_time_total" if dev == "cuda" else "cpu_time_total"
+        Path(a.profile).write_text(prof.key_averages().table(sort_by=key, row_limit=25))
     floor = timed(floor_step(core, model, items, a, dev), dev, a.repeats) - timed(prefill(core, model, items, a, dev), dev, a.repeats)
     res["floor_fwd_bwd_ms"] = 1e3 * floor
     step = res["fw_step_ms[default]"] / 1e3
@@ -279,6 +291,7 @@ def main() -> None:
             extra = (torch.cuda.max_memory_allocated() - base) / 2**20
         else:
             extra = None
+        # scores in the model dtype + their float32 copy, one chunk alive at a time, + the cast gradient
         bound = (N * min(chunk, V) * (4 + E.element_size()) + N * H * E.element_size()) / 2**20
         res[f"oracle_extra_mib[chunk={chunk}]"] = extra
         res[f"oracle_bound_mib[chunk={chunk}]"] = bound

@@ -147,27 +147,26 @@ def _paren(rng: random.Random, digits: int) -> Item:
 
 # tier -> list of (weight, maker); weights are relative within the tier
 KINDS: dict[str, list[tuple[float, Callable[[random.Random], Item]]]] = {
-    "easy": [
+    "easy": [  # 1-digit chains and 2-digit +/- 1-digit
         (1.0, lambda r: _chain(r, (1,), 2)),
         (2.0, lambda r: _chain(r, (1,), 3)),
         (2.0, lambda r: _chain(r, (1, 2), 2)),
-        (2.0, lambda r: _chain(r, (2,), 2)),
     ],
-    "medium": [
-        (2.0, lambda r: _chain(r, (2,), 3)),
-        (1.0, lambda r: _chain(r, (1, 2), 4)),
+    "medium": [  # 2-digit a +/- b and a +/- b +/- c
+        (1.0, lambda r: _chain(r, (2,), 2)),
+        (1.0, lambda r: _chain(r, (2,), 3)),
+        (1.0, lambda r: _chain(r, (1, 2), 3)),
+    ],
+    "hard": [  # 3 digits, a multiplication by a digit, parentheses
         (1.0, lambda r: _chain(r, (2, 3), 2)),
-        (1.0, lambda r: _mul(r, 2, tail=False)),
-    ],
-    "hard": [
-        (1.0, lambda r: _chain(r, (3,), 3)),
         (1.0, lambda r: _chain(r, (2,), 4)),
-        (1.0, lambda r: _mul(r, 3, tail=False)),
+        (1.0, lambda r: _mul(r, 2, tail=False)),
         (1.0, lambda r: _mul(r, 2, tail=True)),
-        (2.0, lambda r: _paren(r, 2)),
+        (1.0, lambda r: _paren(r, 1)),
+        (1.0, lambda r: _paren(r, 2)),
     ],
 }
-WORD_PROB = {"easy": 0.2, "medium": 0.3, "hard": 0.3}
+WORD_PROB = {"easy": 0.15, "medium": 0.15, "hard": 0.15}
 
 
 # ------------------------------------------------------------------------------------------

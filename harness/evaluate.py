@@ -69,13 +69,6 @@ def _sampling_dict(s: Sampling) -> dict[str, Any]:
             "seed": s.seed, "stop": list(s.stop)}
 
 
-def find_finished(factory: sessionmaker[Session], run_id: int, benchmark: str, eval_hash: str) -> Evaluation | None:
-    with session_scope(factory) as s:
-        return s.scalars(select(Evaluation).where(
-            Evaluation.run_id == run_id, Evaluation.benchmark == benchmark, Evaluation.eval_hash == eval_hash,
-            Evaluation.status == "finished")).first()
-
-
 @dataclass
 class _Job:
     """One evaluation being filled: its row, its sampling, what is stored, what is missing."""

@@ -72,9 +72,8 @@ def task_config(benchmark: str, data_dir: str | os.PathLike | None, template: st
     if local is None:
         raise ValueError("the exported tasks read local JSONL files: pass data_dir or set LATENTREVISE_DATA_DIR")
     cfg["dataset_kwargs"] = {"data_files": {"test": str((local / f"{benchmark}.jsonl").resolve())}}
-    utils_text = cfg["doc_to_text"]
+    # the YAML's utils.doc_to_text has no tokenizer; the harness renders with the model's own
     cfg["doc_to_text"] = lambda doc: render(template, str(doc.get("problem") or doc.get("question")), tokenizer)
-    cfg["doc_to_text"].__doc__ = getattr(utils_text, "__doc__", None)
     cfg["generation_kwargs"] = {**cfg["generation_kwargs"], "until": list(stop_sequences(template))}
     if max_tokens is not None:
         cfg["generation_kwargs"]["max_gen_toks"] = max_tokens

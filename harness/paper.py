@@ -74,7 +74,7 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
 # Ablations that do not train measure rescue only: lr-sft mines and revises, then takes 0 SFT steps.
 MINING_ONLY = {"max_steps": 0}
 # Extra overrides per preset that keep every ablation variant cheap (a subset of the training prompts).
-ABLATION_BUDGET: dict[str, dict[str, Any]] = {"tiny": {"mine_prompts": 128}}
+ABLATION_BUDGET: dict[str, dict[str, Any]] = {"tiny": {"mine_prompts": 128}, "tiny-smoke": {"mine_prompts": 32}}
 
 
 def ablation_overrides(abl: Ablation, preset: Preset) -> dict[str, Any]:

@@ -63,7 +63,14 @@ TINY = Preset(
     # the longest reference solution is 75 tokens with eos (a 3-digit multiplication by place value)
     eval=EvalProtocol(template="tiny-boxed", temperature=1.0, top_p=1.0, max_tokens=96, n_default=8,
                       pass_k=(1, 4, 8), seed=0),
-    methods={},
+    methods={
+        # sized for ~1-3 min each on a 2-core CPU (measured in methods/ tests' docstrings); our choices
+        "sft": {"data": "reference", "epochs": 4, "batch_size": 32, "micro_batch_size": 32, "lr": 1e-3,
+                "warmup_ratio": 0.05, "min_lr_ratio": 0.1, "response_prefix": " ", "max_len": 256,
+                "heldout_frac": 0.05},
+        "grpo": {"steps": 24, "prompts_per_step": 16, "group_size": 8, "temperature": 1.0, "max_tokens": 96,
+                 "lr": 1e-3, "micro_batch_size": 32, "save_every": 8},
+    },
     vllm=VLLMSettings(dtype="float32", cpu_kvcache_gib=1),
     tiny_model={},  # PretrainConfig() defaults are the tiny base model (calibrated: README)
 )
@@ -81,7 +88,31 @@ PAPER = Preset(
     # temperature 0.6 / top-p 0.95, n=32 on the 30-40 problem sets: the DeepSeek-R1 / DeepScaleR protocol
     eval=EvalProtocol(template="qwen-boxed", temperature=0.6, top_p=0.95, max_tokens=3072, n_default=4,
                       n_per_benchmark={"aime24": 32, "aime25": 32, "amc23": 32}, pass_k=(1, 8, 32), seed=0),
-    methods={},
+    methods={
+        "sft": {
+            "data": "reference",  # MATH train worked solutions; "rft" = rejection sampling (RFT, Yuan et al. 2023)
+            "lr": 1e-5,  # common full-parameter SFT lr for 1.5B models; our choice
+            "epochs": 3, "batch_size": 64, "micro_batch_size": 8,  # our choice
+            "warmup_ratio": 0.03, "min_lr_ratio": 0.0, "weight_decay": 0.0,  # our choice (cosine to 0)
+            "max_len": 4096,  # Qwen2.5-Math-1.5B's context length
+            "heldout_frac": 0.02,  # our choice
+        },
+        "grpo": {
+            "group_size": 8,  # rollouts per prompt: SimpleRL-Zoo, Dr. GRPO
+            "temperature": 1.0, "top_p": 1.0,  # SimpleRL-Zoo, Dr. GRPO
+            "lr": 1e-6,  # SimpleRL-Zoo, Dr. GRPO (constant)
+            "warmup_steps": 0, "min_lr_ratio": 1.0,  # constant lr: Dr. GRPO; our choice for warm-up 0
+            "prompts_per_step": 128,  # our choice: one node (SimpleRL-Zoo uses larger prompt batches)
+            "steps": 100,  # our choice: ~1.5 epochs of MATH L3-5 at 128 prompts/step
+            "max_tokens": 3072,  # Qwen2.5-Math's 4096 context minus the prompt; same as the eval protocol
+            "advantage": "grpo",  # std-normalized, sequence-mean loss: DeepSeekMath (drgrpo/dapo are ablations)
+            "clip_low": 0.2,  # PPO / DeepSeekMath
+            "kl_coef": 0.0,  # no KL term: Dr. GRPO, DAPO (SimpleRL-Zoo uses a small one)
+            "inner_updates": 1,  # on-policy, one update per rollout batch: our choice
+            "micro_batch_size": 8,  # memory: our choice
+            "save_every": 10, "store_rollouts": "zero_hit",
+        },
+    },
     device="cuda",
     vllm=VLLMSettings(dtype="bfloat16", gpu_memory_utilization=0.5),  # half the card: the trainer is colocated
 )
@@ -95,3 +126,18 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
     return PRESETS[name]
+
+# ---------------------------------------------------------------------------------------------
+# tiny-smoke: the tiny preset with every method cut to a few steps, to check the whole pipeline
+# (`reproduce.py --table main --preset tiny-smoke`) in minutes. Its numbers mean nothing.
+# ---------------------------------------------------------------------------------------------
+_SMOKE_SFT = {"epochs": 1, "batch_size": 32, "micro_batch_size": 32, "lr": 5e-4, "response_prefix": " ", "max_len": 256}
+_SMOKE_GRPO = {"steps": 2, "prompts_per_step": 16, "group_size": 4, "max_tokens": 96, "micro_batch_size": 32}
+_SMOKE_MINE = {"mine_samples": 4, "mine_max_tokens": 96, "failed_per_prompt": 1, "cont_samples": 2, "fw_steps": 3}
+TINY_SMOKE = TINY.with_overrides(
+    name="tiny-smoke", train_limit=64,
+    methods={"sft": _SMOKE_SFT, "grpo": _SMOKE_GRPO, "lr-sft": {**_SMOKE_SFT, **_SMOKE_MINE},
+             "lr-grpo": {**_SMOKE_GRPO, **_SMOKE_MINE, "revise_max_groups": 4},
+             "resample": {**_SMOKE_SFT, **_SMOKE_MINE}, "hint": {**_SMOKE_SFT, **_SMOKE_MINE}},
+)
+PRESETS[TINY_SMOKE.name] = TINY_SMOKE

@@ -332,7 +332,7 @@ def leaderboard(factory: sessionmaker[Session], benchmarks: Sequence[str] | None
         for r in runs:
             latest[(r.method, r.model, r.preset)] = r
         scored = {key: run_scores(s, r, benchmarks, None, notes) for key, r in latest.items()}
-    benches = sorted(benchmarks or {b for sc in scored.values() for b in sc})
+    benches = list(benchmarks) if benchmarks else sorted({b for sc in scored.values() for b in sc})
     columns = ["method", "model", "preset", "run"] + benches + ["average"]
     rows = []
     for (m, model, preset), sc in sorted(scored.items(), key=lambda kv: (kv[0][2], kv[0][1], method_key(kv[0][0]))):
@@ -347,6 +347,7 @@ def leaderboard(factory: sessionmaker[Session], benchmarks: Sequence[str] | None
             w = macro_weighted({b: sc[b].scores for b in benches})
             row["average"] = _score_cell({f"{b}/{p}": v for (b, p), v in w.items()}, None, (), None, None)
         rows.append(row)
+    notes.append("average: macro mean, only for rows with every benchmark shown")
     notes.append("latest finished run per (method, model, preset) and its latest finished evaluation per "
                  "benchmark (protocols may differ between rows: see `evaluations.sampling`); avg@n in % [95% CI]")
     return TableData("Leaderboard", columns, rows, notes)

@@ -175,7 +175,7 @@ class SFT:
                 mb = collate(batch[i: i + cfg.micro_batch_size], pad, trainer.device)
                 nll, _ = masked_nll(trainer.model, mb)
                 trainer.backward(nll * world / max(1, n_tok))  # token mean over the whole optimizer batch
-                loss_sum += float(nll)
+                loss_sum += float(nll.detach())
             lr = trainer.lr
             grad_norm = trainer.step()
             dt = time.perf_counter() - t0

@@ -6,8 +6,8 @@ For each seed: pretraining wall time and tokens/s (from pretrain.json), base acc
 arith-easy/-medium/-hard (the preset's eval protocol: temperature 1.0, top-p 1.0, through vLLM),
 the fraction of arith-train prompts that are zero-hit at n (every sample wrong), and the fraction of
 those that a larger n finds an answer for (rare but possible, i.e. not impossible). Scoring uses
-`harness.grading.Grader`; `last_boxed` equality with the integer gold is reported beside it as a
-cross-check. Prints a Markdown table and writes everything to a JSON file.
+`harness.grading.Grader` (disagreements with `last_boxed` equality are counted), or with
+`--scorer last_boxed` exact equality of the last box with the integer gold. Prints a Markdown table and writes everything to a JSON file.
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from pathlib import Path
 
 
 def _grade(grader, completions, golds) -> tuple[list[bool], int]:
-    """Grader verdicts, and how many disagree with plain last_boxed equality (should be 0)."""
+    """Verdicts (Grader, or last_boxed equality when grader is None) and disagreements between the two."""
     from benchmarks import last_boxed
 
-    verdicts = grader.grade(list(zip(completions, golds)))
-    ok = [v.correct for v in verdicts]
-    disagree = sum(o != ((last_boxed(c) or "").strip() == g) for o, c, g in zip(ok, completions, golds))
-    return ok, disagree
+    boxed = [(last_boxed(c) or "").strip() == g for c, g in zip(completions, golds)]
+    if grader is None:
+        return boxed, 0
+    ok = [v.correct for v in grader.grade(list(zip(completions, golds)))]
+    return ok, sum(o != b for o, b in zip(ok, boxed))
 
 
 def calibrate_seed(seed: int, args) -> dict:
@@ -46,7 +47,7 @@ def calibrate_seed(seed: int, args) -> dict:
     result = {"seed": seed, "model": str(path), "pretrain": {k: v for k, v in info.items() if k != "config"},
               "ensure_s": round(time.perf_counter() - t0, 1)}
     gen = VLLMGenerator(str(path), TINY.vllm, seed=seed)
-    grader = Grader(workers=2)
+    grader = Grader(workers=2) if args.scorer == "grader" else None
     protocol = TINY.eval
     disagreements = 0
 
@@ -65,6 +66,8 @@ def calibrate_seed(seed: int, args) -> dict:
         n_tokens = sum(len(c.token_ids) for out in outs for c in out)
         truncated = sum(c.finish_reason == "length" for out in outs for c in out)
         per_problem = [sum(ok[i * n:(i + 1) * n]) for i in range(len(problems))]
+        print(f"seed {seed} {tag}: {len(problems)} prompts x {n} in {gen_s:.0f} s, avg {sum(ok) / len(ok):.3f}",
+              file=sys.stderr, flush=True)
         return per_problem, {"gen_s": round(gen_s, 1), "tokens_per_s": round(n_tokens / gen_s, 1),
                              "max_tokens_seen": max(len(c.token_ids) for out in outs for c in out),
                              "truncated": truncated}
@@ -96,7 +99,9 @@ def calibrate_seed(seed: int, args) -> dict:
                                                                if zero else None), **stats,
     }
     result["grader_vs_last_boxed_disagreements"] = disagreements
-    grader.close()
+    result["scorer"] = args.scorer
+    if grader is not None:
+        grader.close()
     gen.close()
     return result
 
@@ -130,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-large", type=int, default=64)
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--scorer", choices=("grader", "last_boxed"), default="grader",
+                        help="harness.grading.Grader, or exact last_boxed == gold (integer answers)")
     parser.add_argument("--out", default="calibration_tiny.json")
     args = parser.parse_args(argv)
     results = []

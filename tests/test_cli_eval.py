@@ -189,3 +189,26 @@ def test_crosscheck_lm_eval_agrees_with_the_harness(data_dir, tmp_path):
     with sqlite3.connect(tmp_path / "r.db") as conn:
         metrics = conn.execute("SELECT metrics FROM evaluations").fetchone()[0]
     assert '"crosscheck"' in metrics and '"agreement": 1.0' in metrics
+
+
+def test_exported_lm_eval_tasks_load_offline(data_dir, monkeypatch):
+    """`lm_eval --include_path benchmarks/lm_eval_tasks`, run from the data directory, sees our data and prompts."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    from benchmarks import load_benchmark
+    from harness.lm_eval_bridge import TASK_DIR, TASKS
+    from harness.prompts import render
+
+    monkeypatch.chdir(data_dir)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    tasks = TaskManager(include_path=str(TASK_DIR), include_defaults=False).load(["latentrevise_math"])["tasks"]
+    assert set(tasks) == set(TASKS.values())
+    for benchmark, name in TASKS.items():
+        docs, ours = list(tasks[name].test_docs()), load_benchmark(benchmark, data_dir)
+        assert [d["id"] for d in docs] == [p.id for p in ours]
+        assert tasks[name].doc_to_text(docs[1]) == render("qwen-boxed", ours[1].problem)
+        assert tasks[name].doc_to_target(docs[1]) == ours[1].answer
+        right = tasks[name].process_results(docs[1], [f"so \\boxed{{{ours[1].answer}}}"])
+        wrong = tasks[name].process_results(docs[1], ["so \\boxed{-987654}"])
+        assert right == {"math_verify": 1.0, "exact_match": 1.0} and wrong == {"math_verify": 0.0, "exact_match": 0.0}

@@ -115,3 +115,210 @@ def test_config_clip_range_defaults():
     assert GRPOConfig().clip_range() == (0.2, 0.2)
     assert GRPOConfig(advantage="dapo").clip_range() == (0.2, 0.28)
     assert GRPOConfig(advantage="dapo", clip_high=0.3).clip_range() == (0.2, 0.3)
+
+
+# ---------------------------------------------------------------------------------------------
+# weight sync into the running vLLM engine
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed")
+def test_update_weights_changes_what_vllm_samples(vllm_generator, tiny_model_dir):
+    """Teach a copy of the model to answer '7777777', sync it, and the engine's greedy output follows."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.generation import HFGenerator, Sampling
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    prompt, greedy = "Problem: 1+2\nSolution:", Sampling(n=1, temperature=0.0, max_tokens=8)
+    before = vllm_generator.generate([prompt], greedy)[0][0].token_ids
+    p_ids = tok(prompt, add_special_tokens=False).input_ids
+    target = tok(" 7777777", add_special_tokens=False).input_ids
+    x = torch.tensor([p_ids + target])
+    labels = torch.tensor([[-100] * len(p_ids) + target])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        model(input_ids=x, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    expected = HFGenerator(model, tok).generate([prompt], greedy)[0][0].token_ids
+    assert expected[: len(target)] == target and before[: len(target)] != target
+    try:
+        vllm_generator.update_weights(model.named_parameters())
+        after = vllm_generator.generate([prompt], greedy)[0][0].token_ids
+        assert after[: len(target)] == target
+    finally:  # the engine is shared by the session: put the original weights back
+        vllm_generator.update_weights(original.items())
+    assert vllm_generator.generate([prompt], greedy)[0][0].token_ids == before
+
+
+# ---------------------------------------------------------------------------------------------
+# short runs on the random tiny model (transformers generator: no engine start)
+# ---------------------------------------------------------------------------------------------
+
+class DigitGrader:
+    """Test grader: a completion is "correct" when it contains the digit 1 (learnable, ~30-60% base rate)."""
+
+    def grade(self, pairs):
+        from harness.grading import Verdict
+
+        return [Verdict(None, "1" in c, 0.0, None) for c, _ in pairs]
+
+
+class Counting:
+    """Generator factory that counts engines and weight syncs."""
+
+    def __init__(self):
+        self.made, self.syncs = 0, 0
+
+    def __call__(self, path):
+        from harness.generation import HFGenerator
+
+        self.made += 1
+        gen = HFGenerator(path, None)
+        inner = gen.update_weights
+
+        def update(named):
+            self.syncs += 1
+            inner(named)
+
+        gen.update_weights = update
+        return gen
+
+
+def _ctx(tmp_path, db_url, factory, grader=None):
+    from harness.method import RunContext
+    from harness.store import get_or_create_run, open_db
+
+    db = open_db(db_url)
+    run, _ = get_or_create_run(db, method="grpo", model="tiny", preset="test", seed=0, config={"t": str(tmp_path)})
+    return RunContext(run_id=run.id, db=db, out_dir=tmp_path, seed=0, template="tiny-boxed",
+                      make_generator=factory, grader=grader or DigitGrader(), progress=False)
+
+
+def _problems(n=6):
+    from benchmarks import Problem
+
+    return [Problem(f"p{i}", f"{i}+{i + 3}", str(2 * i + 3), {}) for i in range(n)]
+
+
+def _rows(ctx, table, **filters):
+    from harness.store import session_scope
+
+    with session_scope(ctx.db) as s:
+        q = s.query(table).filter_by(run_id=ctx.run_id, **filters)
+        return q.order_by(table.id).all()
+
+
+SMALL = dict(prompts_per_step=3, group_size=4, max_tokens=8, lr=3e-3, micro_batch_size=8)
+
+
+def test_grpo_run_logs_steps_rollouts_and_resumes(tmp_path, db_url, tiny_model_dir):
+    from harness.store import Rollout, TrainStep
+
+    class Crash(GRPO):
+        def augment_groups(self, step, groups, ctx):
+            if step == 2:
+                raise KeyboardInterrupt("simulated kill in step 3")
+            return groups
+
+    # uninterrupted reference run: 3 steps, every rollout stored
+    ref_ctx = _ctx(tmp_path / "ref", db_url, Counting())
+    cfg = GRPOConfig(steps=3, save_every=2, store_rollouts="all", **SMALL)
+    ckpt = GRPO().train(str(tiny_model_dir), _problems(), cfg, ref_ctx)
+    steps = _rows(ref_ctx, TrainStep, phase="grpo")
+    assert [r.step for r in steps] == [1, 2, 3]
+    assert ref_ctx.make_generator.made == 1 and ref_ctx.make_generator.syncs == 3  # one engine, a sync per step
+    for r in steps:
+        assert set(r.timings) >= {"rollout", "grading", "update", "sync"}
+        assert 0 <= r.reward_mean <= 1 and r.extra["response_len_mean"] > 0
+        rolls = [x for x in _rows(ref_ctx, Rollout) if x.step == r.step]
+        assert len(rolls) == 3 * 4
+        by_problem = {}
+        for x in rolls:
+            by_problem.setdefault(x.problem_id, []).append(x.reward)
+        assert sorted(r.zero_hit_ids) == sorted(p for p, rs in by_problem.items() if not any(rs))
+        assert r.zero_hit_frac == pytest.approx(len(r.zero_hit_ids) / 3)
+        assert sorted(r.extra["all_correct_ids"]) == sorted(p for p, rs in by_problem.items() if all(rs))
+        assert r.reward_mean == pytest.approx(sum(x.reward for x in rolls) / len(rolls))
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(ckpt).num_parameters() > 0
+
+    # killed in step 3 after the step-2 save; the restart must redo step 3 exactly
+    ctx = _ctx(tmp_path / "kill", db_url, Counting())
+    with pytest.raises(KeyboardInterrupt):
+        Crash().train(str(tiny_model_dir), _problems(), cfg, ctx)
+    assert [r.step for r in _rows(ctx, TrainStep, phase="grpo")] == [1, 2]
+    GRPO().train(str(tiny_model_dir), _problems(), cfg, ctx)
+    assert [r.step for r in _rows(ctx, TrainStep, phase="grpo")] == [1, 2, 3]
+    assert ctx.make_generator.syncs == 2 + 1 + 1  # steps 1-2, the resume load, step 3
+    redo = [(x.problem_id, x.completion) for x in _rows(ctx, Rollout) if x.step == 3]
+    want = [(x.problem_id, x.completion) for x in _rows(ref_ctx, Rollout) if x.step == 3]
+    assert redo == want
+
+
+def test_augment_groups_inserts_off_policy_samples(tmp_path, db_url, tiny_model_dir):
+    """lr-grpo's path: a rescued sample (text only, no sampler log-probs) joins a zero-hit group."""
+    from harness.store import Rollout, TrainStep
+
+    seen = {}
+
+    class Rescue(GRPO):
+        def augment_groups(self, step, groups, ctx):
+            for g in groups:
+                if not any(g.rewards):
+                    g.samples.append(Sample(text=" 1 1 1", token_ids=None, reward=1.0, weight=0.5,
+                                            off_policy=True, source="revised"))
+            seen[step] = [len(g.samples) for g in groups]
+            return groups
+
+    class Never:
+        def grade(self, pairs):
+            from harness.grading import Verdict
+
+            return [Verdict(None, False, 0.0, None) for _ in pairs]
+
+    ctx = _ctx(tmp_path, db_url, Counting(), Never())
+    Rescue().train(str(tiny_model_dir), _problems(), GRPOConfig(steps=1, save_every=0, **SMALL), ctx)
+    (row,) = _rows(ctx, TrainStep, phase="grpo")
+    assert seen[0] == [5, 5, 5] and row.zero_hit_frac == 1.0 and row.reward_mean == 0.0
+    assert row.extra["off_policy_samples"] == 3
+    assert row.extra["trained_samples"] == 15  # every sample now has a non-zero advantage
+    assert row.extra["clip_frac"] == 0.0  # one update: trainer-computed old log-probs give ratio 1
+    revised = [x for x in _rows(ctx, Rollout) if x.source == "revised"]
+    assert len(revised) == 3 and all(x.reward == 1.0 and x.zero_hit_group for x in revised)
+
+
+def test_grpo_rejects_bad_config(tmp_path, db_url, tiny_model_dir):
+    ctx = _ctx(tmp_path, db_url, Counting())
+    with pytest.raises(ValueError, match="unknown advantage variant"):
+        GRPO().train(str(tiny_model_dir), _problems(), GRPOConfig(advantage="ppo"), ctx)
+    with pytest.raises(ValueError, match="store_rollouts"):
+        GRPO().train(str(tiny_model_dir), _problems(), GRPOConfig(store_rollouts="some"), ctx)
+
+
+# ---------------------------------------------------------------------------------------------
+# the tiny preset: a few dozen GRPO steps on the pretrained base model raise the training reward
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed")
+def test_grpo_on_tiny_base_raises_training_reward(tmp_path, db_url):
+    from harness.grading import Grader
+    from harness.presets import TINY
+    from harness.runner import generator_factory, load_train_prompts, resolve_base_model
+    from harness.store import TrainStep
+
+    with Grader() as grader:
+        ctx = _ctx(tmp_path, db_url, generator_factory(TINY), grader)
+        cfg = GRPOConfig(**TINY.methods["grpo"])
+        GRPO().train(resolve_base_model(TINY, progress=False), load_train_prompts(TINY), cfg, ctx)
+    rewards = [r.reward_mean for r in _rows(ctx, TrainStep, phase="grpo")]
+    k = max(1, len(rewards) // 4)
+    first, last = sum(rewards[:k]) / k, sum(rewards[-k:]) / k
+    print(f"mean reward, first {k} steps {first:.3f} -> last {k} steps {last:.3f}")
+    assert last > first

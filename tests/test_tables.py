@@ -338,3 +338,16 @@ def test_reference_table_places_ours_beside_published(factory):
     ours = t.rows[i + 1]
     assert ours["source"] == "results.db" and ours["math500"].values["value"] == pytest.approx(37.5)  # (0 + 3/4) / 2
     assert t.rows[i]["math500"].values["value"] == 51.7 and "aime24" not in ours
+
+
+def test_figures(factory, filled, tmp_path):
+    from harness.plots import write_figures
+
+    add_mining(factory, filled["lr-sft"], rescue("latentrevise", 100, 4, 2, 1000.0, trajectories=6))
+    add_revision(factory, filled["lr-sft"], "p0", True)
+
+    assert write_figures(open_db(f"sqlite:///{tmp_path / 'empty.db'}"), TINY, tmp_path / "none") == []
+    paths = write_figures(factory, TINY, tmp_path / "fig")
+    assert sorted(p.name for p in paths) == ["fw_dynamics.png", "passk.png", "rescue.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < p.stat().st_size < 200_000

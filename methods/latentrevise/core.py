@@ -182,6 +182,7 @@ def lmo(grad: torch.Tensor, E: torch.Tensor, chunk: int, allowed: torch.Tensor |
         if allowed is not None:
             scores.masked_fill_(~allowed[start:start + chunk], math.inf)
         val, idx = scores.min(dim=-1)
+        del scores  # before the next chunk's scores exist: one chunk alive at a time
         better = val < best_val  # strict: ties keep the lowest id, as torch.argmin does
         best_val = torch.where(better, val, best_val)
         best_idx = torch.where(better, idx + start, best_idx)
