@@ -166,14 +166,14 @@ KINDS: dict[str, list[tuple[float, Callable[[random.Random], Item]]]] = {
         (1.0, lambda r: _paren(r, 2)),
     ],
 }
-WORD_PROB = {"easy": 0.15, "medium": 0.15, "hard": 0.15}
+WORD_PROB = {"easy": 0.0, "medium": 0.0, "hard": 0.0}
 
 
 # ------------------------------------------------------------------------------------------
 # phrasing
 # ------------------------------------------------------------------------------------------
 
-SYMBOLIC = ("Compute {e}.", "What is {e}?", "Evaluate {e}.", "Find the value of {e}.")
+SYMBOLIC = ("Compute {e}.",)
 NAMES = ("Ana", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Ivy")
 THINGS = ("apples", "marbles", "coins", "stickers", "books", "shells")
 

@@ -31,7 +31,8 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from rich.console import Console
 from rich.markup import escape
@@ -285,8 +286,9 @@ def estimate_step(st: Step, preset: Preset, data_dir: str | None) -> dict[str, A
 
 def assumptions(preset: Preset, data_dir: str | None) -> list[str]:
     size = params_b(preset.base_model) or 0
-    sizes = ", ".join(f"{b}={dataset_size(b, data_dir)[0]} ({dataset_size(b, data_dir)[1]})"
-                      for b in (*preset.benchmarks, preset.train_set))
+    counted = {b: dataset_size(b, data_dir) for b in preset.benchmarks}
+    counted[preset.train_set] = dataset_size(preset.train_set, data_dir, preset.train_filter, preset.train_limit)
+    sizes = ", ".join(f"{b}={n} ({where})" for b, (n, where) in counted.items())
     return [
         "GPU hours on one H100 = (generated tokens / decode tok/s + trained tokens x 6 x params / (MFU x peak)) / 3600",
         f"decode {GEN_TOK_S.get(size, GEN_TOK_S[7.0] * 7.0 / max(size, 1e-9)):,.0f} tok/s for a {size}B model "
@@ -416,6 +418,24 @@ def print_plan(steps: list[Step], preset: Preset, table: str, console: Console, 
             console.print(f"  - {line}", highlight=False)
 
 
+@contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """File descriptor 1 -> 2 for the block, inherited by child processes (engines), then restored."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no real stdout (some embedded runners): nothing to protect
+        yield
+        return
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def reproduce(table: str | None = "main", preset: str = "tiny", plot_dir: str | None = None, dry_run: bool = False,
               fresh: bool = False, fmt: str = "rich", db: str = "results.db", data_dir: str | None = None) -> TableData | None:
     """Plan, run or reuse, print. Returns the table (None for a dry run)."""
@@ -438,7 +458,8 @@ def reproduce(table: str | None = "main", preset: str = "tiny", plot_dir: str | 
     if dry_run:
         return None
     t0 = time.perf_counter()
-    failures = execute(steps, p, factory, data_dir=data_dir, fresh=fresh, console=console)
+    with stdout_to_stderr():  # vLLM and its engine processes log to stdout; stdout is for the table
+        failures = execute(steps, p, factory, data_dir=data_dir, fresh=fresh, console=console)
     result = build_table(table, p, factory, steps)
     result.notes += [f"not planned: {st.label}: {st.detail}" for st in steps if st.action == "error"]
     result.notes += [f"failed this invocation: {f}" for f in failures]

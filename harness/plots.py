@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
@@ -62,7 +63,7 @@ def passk_figure(factory: sessionmaker[Session], preset: Preset, path: Path,
         ax.set_xlabel("k")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("pass@k (%)")
-    axes[0][-1].legend(fontsize=8, loc="lower right")
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(f"pass@k ({preset.name})", fontsize=11)
     return _save(fig, path)
 
@@ -92,6 +93,7 @@ def fw_figure(factory: sessionmaker[Session], preset: Preset, path: Path) -> Pat
         ax.fill_between(steps, lo, hi, color="C0", alpha=0.2, label="10-90%")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("Frank-Wolfe step k")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"Frank-Wolfe dynamics ({preset.name})", fontsize=11)
@@ -117,6 +119,7 @@ def rescue_figure(factory: sessionmaker[Session], preset: Preset, path: Path) ->
     ax.set_xscale("log")
     ax.set_xlabel("compute per zero-hit prompt (forward-token equivalents)")
     ax.set_ylabel("zero-hit prompts rescued (%)")
+    ax.set_ylim(bottom=0)
     ax.set_title(f"rescue rate vs compute ({preset.name})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -69,7 +69,7 @@ TINY = Preset(
                 "warmup_ratio": 0.05, "min_lr_ratio": 0.1, "response_prefix": " ", "max_len": 256,
                 "heldout_frac": 0.05},
         "grpo": {"steps": 24, "prompts_per_step": 16, "group_size": 8, "temperature": 1.0, "max_tokens": 96,
-                 "lr": 1e-3, "micro_batch_size": 32, "save_every": 8},
+                 "lr": 2e-4, "micro_batch_size": 32, "save_every": 8},
     },
     vllm=VLLMSettings(dtype="float32", cpu_kvcache_gib=1),
     tiny_model={},  # PretrainConfig() defaults are the tiny base model (calibrated: README)

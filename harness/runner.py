@@ -40,7 +40,7 @@ def base_model_identity(preset: Preset) -> dict[str, Any]:
     if preset.base_model == "tiny":
         from .pretrain import PretrainConfig
 
-        return {"base_model": "tiny", "pretrain": asdict(PretrainConfig(**preset.tiny_model))}
+        return {"base_model": "tiny", "pretrain": asdict(PretrainConfig.from_overrides(preset.tiny_model))}
     return {"base_model": preset.base_model}
 
 
@@ -49,7 +49,7 @@ def resolve_base_model(preset: Preset, progress: bool = True) -> str:
     if preset.base_model == "tiny":
         from .pretrain import PretrainConfig, ensure_tiny_base
 
-        return str(ensure_tiny_base(PretrainConfig(**preset.tiny_model), progress=progress))
+        return str(ensure_tiny_base(PretrainConfig.from_overrides(preset.tiny_model), progress=progress))
     return preset.base_model
 
 

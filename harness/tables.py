@@ -272,7 +272,7 @@ def _score_cell(scores: dict[str, float], counts: dict[str, tuple[int, int]] | N
             a, b = [scores[p] for p in common], [base[p] for p in common]
             delta, p = float(np.mean(a) - np.mean(b)), paired_p(a, b)
             values |= {"baseline": base_name, "delta": delta, "p": p, "n_paired": len(common)}
-            lines.append(f"Δ{base_name} {100 * delta:+.1f}{'*' if p < ALPHA else ''} "
+            lines.append(f"Δ{base_name} {round(100 * delta, 1) + 0.0:+.1f}{'*' if p < ALPHA else ''} "
                          + (f"(p={p:.2g})" if p >= 1e-4 else "(p<1e-4)"))
     return Cell("\n".join(lines), values)
 

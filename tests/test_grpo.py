@@ -144,11 +144,12 @@ def test_update_weights_changes_what_vllm_samples(vllm_generator, tiny_model_dir
         opt.step()
         opt.zero_grad()
     expected = HFGenerator(model, tok).generate([prompt], greedy)[0][0].token_ids
-    assert expected[: len(target)] == target and before[: len(target)] != target
+    seven = tok.convert_tokens_to_ids("7")
+    assert expected.count(seven) >= 6 and before.count(seven) < 6  # the trained copy prefers "7"
     try:
         vllm_generator.update_weights(model.named_parameters())
         after = vllm_generator.generate([prompt], greedy)[0][0].token_ids
-        assert after[: len(target)] == target
+        assert after == expected  # the engine now samples from the trained weights
     finally:  # the engine is shared by the session: put the original weights back
         vllm_generator.update_weights(original.items())
     assert vllm_generator.generate([prompt], greedy)[0][0].token_ids == before
