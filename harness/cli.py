@@ -1,6 +1,7 @@
-"""Subcommands of reproduce.py: eval, leaderboard, runs, show, query, methods, crosscheck.
+"""Subcommands of reproduce.py: eval, train, leaderboard, runs, show, query, methods, crosscheck.
 
     python reproduce.py eval ./my-model --benchmarks math500,aime24 --n 4 --limit 50
+    python reproduce.py train lr-sft --preset tiny --set fw_steps=5   # train + evaluate one method
     python reproduce.py leaderboard --format markdown
     python reproduce.py runs | show 3 | methods
     python reproduce.py query "SELECT benchmark, AVG(correct) FROM samples JOIN evaluations e ON e.id = evaluation_id GROUP BY 1"
@@ -152,6 +153,58 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` strings -> a dict; values are read as JSON when they parse (5, 0.1, true, "x")."""
+    import json
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"--set takes key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@app.command()
+def train(
+    method: str = typer.Argument(..., help="a registered method (see `methods`), ours or a third party's"),
+    preset: str = typer.Option("tiny", "--preset"),
+    overrides: list[str] = typer.Option([], "--set", help="method config override key=value (repeatable)"),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="evaluate the trained model on the preset"),
+    backend: str = typer.Option("auto", "--backend", help="auto (vLLM when installed) | vllm | hf"),
+    fresh: bool = typer.Option(False, "--fresh", help="retrain even if a finished identical run exists"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", envvar="LATENTREVISE_DATA_DIR"),
+    db: str = typer.Option("results.db", "--db"),
+) -> None:
+    """Train one method on a preset (reusing an identical finished run), then evaluate it."""
+    from . import runner
+    from .method import available_methods
+    from .presets import get_preset
+    from .store import open_db
+
+    if method not in available_methods():
+        fail(f"unknown method {method!r}; available: {', '.join(available_methods())}")
+    try:
+        chosen = get_preset(preset)
+    except KeyError as e:
+        fail(str(e.args[0]))
+    factory = open_db(db)
+    try:
+        run = runner.train_method(factory, chosen, method, overrides=parse_overrides(overrides),
+                                  data_dir=data_dir, fresh=fresh, backend=backend)
+    except ValueError as e:  # unknown config field, bad value
+        fail(str(e))
+    console.print(f"run {run.id} ({run.method}, {run.status}): checkpoint {run.checkpoint}")
+    if evaluate:
+        metrics = runner.evaluate_run(factory, run, chosen, data_dir=data_dir, backend=backend)
+        for bench, m in metrics.items():
+            console.print(f"  {bench}: avg@{m.get('n')} = {m.get('avg@n', float('nan')):.4f}")
 
 
 @app.command()

@@ -100,7 +100,7 @@ def run_config(preset: Preset, method: str, overrides: dict[str, Any] | None = N
 
 def train_method(factory: sessionmaker[Session], preset: Preset, method: str, *,
                  overrides: dict[str, Any] | None = None, data_dir: str | None = None, grader=None,
-                 fresh: bool = False, progress: bool = True) -> Run:
+                 fresh: bool = False, progress: bool = True, backend: str = "auto") -> Run:
     """Train `method` on the preset's base model and training prompts; reuse a finished identical run."""
     cls = get_method(method)
     cfg, config = run_config(preset, method, overrides)
@@ -117,7 +117,7 @@ def train_method(factory: sessionmaker[Session], preset: Preset, method: str, *,
         grader = Grader()
     ctx = RunContext(
         run_id=run.id, db=factory, out_dir=out_dir, seed=preset.seed, device=preset.device,
-        template=preset.eval.template, budget=Budget(), make_generator=generator_factory(preset),
+        template=preset.eval.template, budget=Budget(), make_generator=generator_factory(preset, backend),
         grader=grader, progress=progress,
     )
     try:
@@ -133,7 +133,7 @@ def train_method(factory: sessionmaker[Session], preset: Preset, method: str, *,
 
 
 def evaluate_run(factory: sessionmaker[Session], run: Run, preset: Preset, *, data_dir: str | None = None,
-                 grader=None, progress: bool = True) -> dict[str, dict]:
+                 grader=None, progress: bool = True, backend: str = "auto") -> dict[str, dict]:
     """Evaluate a finished run's checkpoint on the preset's benchmarks under the preset's protocol."""
     from .evaluate import evaluate_model
 
@@ -146,7 +146,7 @@ def evaluate_run(factory: sessionmaker[Session], run: Run, preset: Preset, *, da
         grader = Grader()
     try:
         return evaluate_model(factory, run.id, run.checkpoint, list(preset.benchmarks), data_dir=data_dir,
-                              protocol=preset.eval, make_generator=generator_factory(preset), grader=grader,
+                              protocol=preset.eval, make_generator=generator_factory(preset, backend), grader=grader,
                               progress=progress)
     finally:
         if own_grader:

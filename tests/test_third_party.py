@@ -1,0 +1,81 @@
+"""A method defined outside methods/ runs through the same CLI and lands in the leaderboard."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+
+import pytest
+from typer.testing import CliRunner
+
+from harness import presets
+from harness.method import RunContext, available_methods, build_config, register_method
+from harness.presets import EvalProtocol
+from harness.store import Run, TrainStep, open_db, session_scope
+from reproduce import app
+
+
+@dataclass
+class CopyConfig:
+    note: str = "copies the base model"
+
+
+@register_method
+class CopyBase:
+    """The smallest possible method: returns a copy of the base model and logs one step."""
+
+    name = "third-party-copy"
+    config_cls = CopyConfig
+
+    def train(self, base_model: str, prompts, config: CopyConfig, ctx: RunContext) -> str:
+        out = ctx.out_dir / "model"
+        shutil.copytree(base_model, out, dirs_exist_ok=True)
+        ctx.log_step(0, phase="copy", loss=0.0, n_prompts=len(prompts))
+        return str(out)
+
+
+@pytest.fixture
+def mini_preset(monkeypatch, tiny_model_dir, tmp_path):
+    preset = presets.TINY.with_overrides(
+        name="test-mini", base_model=str(tiny_model_dir), train_limit=8, benchmarks=("arith-easy",),
+        eval=EvalProtocol(template="tiny-boxed", temperature=0.0, max_tokens=4, n_default=1, pass_k=(1,)),
+    )
+    monkeypatch.setitem(presets.PRESETS, "test-mini", preset)
+    monkeypatch.setenv("LATENTREVISE_RUNS", str(tmp_path / "runs"))
+    return preset
+
+
+def test_registry_lists_the_method_and_checks_its_config():
+    assert available_methods()["third-party-copy"] is CopyBase
+    with pytest.raises(ValueError, match="unknown config field"):
+        build_config(CopyBase, {"nope": 1})
+
+
+def test_train_cli_runs_it_and_leaderboard_shows_it(mini_preset, tmp_path):
+    db = str(tmp_path / "r.db")
+    cli = CliRunner()
+    result = cli.invoke(app, ["train", "third-party-copy", "--preset", "test-mini", "--backend", "hf", "--db", db])
+    assert result.exit_code == 0, result.output
+    with session_scope(open_db(db)) as s:
+        run = s.query(Run).filter_by(method="third-party-copy").one()
+        assert run.status == "finished" and run.checkpoint.endswith("model")
+        step = s.query(TrainStep).filter_by(run_id=run.id).one()
+        assert step.extra == {"n_prompts": 8}
+        assert len(run.evaluations) == 1 and run.evaluations[0].status == "finished"
+    board = cli.invoke(app, ["leaderboard", "--db", db, "--format", "csv"])
+    assert board.exit_code == 0, board.output
+    assert "third-party-copy" in board.output and "arith-easy" in board.output
+
+    again = cli.invoke(app, ["train", "third-party-copy", "--preset", "test-mini", "--backend", "hf", "--db", db])
+    assert again.exit_code == 0
+    with session_scope(open_db(db)) as s:  # reused: still one run, one evaluation
+        assert s.query(Run).filter_by(method="third-party-copy").count() == 1
+
+
+def test_train_cli_rejects_unknown_method_and_field(mini_preset, tmp_path):
+    cli = CliRunner()
+    bad = cli.invoke(app, ["train", "no-such-method", "--db", str(tmp_path / "r.db")])
+    assert bad.exit_code == 1 and "unknown method" in bad.output
+    bad = cli.invoke(app, ["train", "third-party-copy", "--preset", "test-mini", "--set", "nope=1",
+                           "--db", str(tmp_path / "r.db")])
+    assert bad.exit_code == 1 and "unknown config field" in bad.output
