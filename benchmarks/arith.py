@@ -6,8 +6,10 @@ family has the same shape at a size a 0.5M-parameter model learns on a CPU in mi
     Problem: Compute (23 + 45) * 3.
     Solution: 23 + 45 = 68. 68 * 3 = 60 * 3 + 8 * 3 = 180 + 24 = 204. The answer is \\boxed{204}.<|im_end|>
 
-Difficulty comes from the number of operations, digits, carries, parentheses, multiplication by
-a digit and word-problem phrasing. The tiers are a mix on purpose: a tiny base model solves
+Difficulty comes from the number of operations, digits, carries, parentheses and multiplication
+by a digit. Word-problem phrasing and varied instructions exist (`WORD_PROB`, `SYMBOLIC`) but are
+off in the calibrated preset (calibrated with "Compute {e}." only; the mixed phrasing was not
+re-measured after a training bug was fixed). Changing them changes every split's texts. The tiers are a mix on purpose: a tiny base model solves
 1-2 digit addition chains most of the time and 3-digit / multiplication / parenthesized ones
 rarely, so `arith-hard` and part of `arith-train` hold zero-hit prompts (every sample wrong)
 that are still solvable now and then - the regime the paper is about.
@@ -173,7 +175,7 @@ WORD_PROB = {"easy": 0.0, "medium": 0.0, "hard": 0.0}
 # phrasing
 # ------------------------------------------------------------------------------------------
 
-SYMBOLIC = ("Compute {e}.",)
+SYMBOLIC = ("Compute {e}.",)  # was also "What is {e}?", "Evaluate {e}.", "Find the value of {e}."
 NAMES = ("Ana", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Ivy")
 THINGS = ("apples", "marbles", "coins", "stickers", "books", "shells")
 

@@ -2,7 +2,7 @@
 
 The tiny preset needs a real base model - one that solves some problems and not others - and no
 hub is reachable, so the harness makes one: a byte-level BPE tokenizer (one token per digit)
-and a ~0.5M-parameter Qwen2 trained with plain torch on `benchmarks.arith.pretrain_corpus`
+and a ~0.36M-parameter Qwen2 trained with plain torch on `benchmarks.arith.pretrain_corpus`
 documents, which have exactly the evaluation format (`Problem: ...\\nSolution: ...<|im_end|>`).
 
 The budget is a fixed number of steps, so the model is a function of the config alone (same

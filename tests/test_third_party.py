@@ -79,3 +79,22 @@ def test_train_cli_rejects_unknown_method_and_field(mini_preset, tmp_path):
     bad = cli.invoke(app, ["train", "third-party-copy", "--preset", "test-mini", "--set", "nope=1",
                            "--db", str(tmp_path / "r.db")])
     assert bad.exit_code == 1 and "unknown config field" in bad.output
+
+
+def test_readme_example_method_trains_through_the_cli(mini_preset, tmp_path):
+    """examples/best_of_n.py is the README's "add your own method" code, verbatim."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "best_of_n.py"
+    spec = importlib.util.spec_from_file_location("best_of_n_example", path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    db = str(tmp_path / "r.db")
+    result = CliRunner().invoke(app, ["train", "best-of-n", "--preset", "test-mini", "--backend", "hf", "--db", db,
+                                      "--set", "samples=2", "--set", "max_new_tokens=8", "--set", "max_steps=2", "--no-eval"])
+    assert result.exit_code == 0, result.output
+    with session_scope(open_db(db)) as s:
+        run = s.query(Run).filter_by(method="best-of-n").one()
+        assert run.status == "finished" and run.config["method_config"]["samples"] == 2
+        phases = {t.phase for t in s.query(TrainStep).filter_by(run_id=run.id)}
+        assert {"best-of-n", "sft"} <= phases

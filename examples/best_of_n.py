@@ -1,0 +1,28 @@
+"""The README's "add your own method" example, kept runnable (tests/test_third_party.py runs it)."""
+
+from dataclasses import dataclass
+from harness.method import RunContext, register_method
+from harness.prompts import render
+from harness.generation import Sampling
+from methods.sft import SFT, SFTConfig
+
+@dataclass
+class BestOfNConfig(SFTConfig):      # reuse SFT's knobs, add ours
+    samples: int = 8
+    max_new_tokens: int = 1024
+
+@register_method                      # or: [project.entry-points."latentrevise.methods"] best-of-n = "pkg.mod:BestOfN"
+class BestOfN(SFT):
+    """Rejection sampling: fine-tune on the base model's own correct samples."""
+    name = "best-of-n"
+    config_cls = BestOfNConfig
+
+    def extra_examples(self, base_model, prompts, cfg, ctx: RunContext):
+        gen = ctx.make_generator(base_model)
+        texts = [render(ctx.template, p.problem, gen.tokenizer) for p in prompts]
+        outs = gen.generate(texts, Sampling(n=cfg.samples, temperature=1.0, max_tokens=cfg.max_new_tokens, seed=ctx.seed))
+        pairs = [(t, c.text, p.answer) for t, p, cs in zip(texts, prompts, outs) for c in cs]
+        verdicts = ctx.grader.grade([(c, gold) for _, c, gold in pairs])
+        ctx.log_step(0, phase="best-of-n", reward_mean=sum(v.correct for v in verdicts) / len(verdicts))
+        gen.close()
+        return [(t, c) for (t, c, _), v in zip(pairs, verdicts) if v.correct]
