@@ -23,6 +23,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .tables import format_value
+
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_show_locals=False)
 console = Console()
 
@@ -143,16 +145,8 @@ def metrics_table(title: str, results: dict[str, dict[str, Any]]) -> Table:
     for k in keys:
         table.add_column(k, justify="right")
     for b, m in results.items():
-        table.add_row(b, *[_fmt((m or {}).get(k)) for k in keys])
+        table.add_row(b, *[format_value((m or {}).get(k)) for k in keys])
     return table
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -238,7 +232,7 @@ def runs(db: str = typer.Option("results.db", "--db")) -> None:
         table.add_column(c, justify="right" if c in ("id", "seed", "wall s", "#evals") else "left")
     for r in rows:
         table.add_row(str(r.id), r.method, r.model, r.preset, str(r.seed), r.status, r.config_hash,
-                      _fmt(r.wall_s), str(counts.get(r.id, 0)))
+                      format_value(r.wall_s), str(counts.get(r.id, 0)))
     console.print(table)
 
 

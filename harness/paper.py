@@ -119,12 +119,9 @@ class Step:
 
 def run_hash(preset: Preset, method: str, overrides: dict[str, Any] | None = None) -> str:
     """The config hash `get_or_create_run` will compute for this run (offline: nothing is resolved)."""
-    from .runner import base_model_identity, run_config
+    from .runner import base_config, run_config
 
-    if method == "base":
-        config = {**base_model_identity(preset), "preset": preset.name}
-    else:
-        config = run_config(preset, method, overrides)[1]
+    config = base_config(preset) if method == "base" else run_config(preset, method, overrides)[1]
     return config_hash({"method": method, "model": preset.base_model, "config": config})
 
 
@@ -322,7 +319,7 @@ def execute(steps: list[Step], preset: Preset, factory: sessionmaker[Session], *
             console.print(f"[bold]{st.action}[/bold] {escape(st.label)} ...")
             try:
                 if st.method == "base":
-                    run = base_run(factory, preset, fresh=fresh)
+                    run = runner.base_run(factory, preset, fresh=fresh)
                 else:
                     run = runner.train_method(factory, preset, st.method, overrides=st.overrides, data_dir=data_dir,
                                               grader=grader, fresh=fresh)
@@ -338,18 +335,6 @@ def execute(steps: list[Step], preset: Preset, factory: sessionmaker[Session], *
     finally:
         grader.close()
     return failures
-
-
-def base_run(factory: sessionmaker[Session], preset: Preset, fresh: bool = False) -> Run:
-    """runner.base_run, plus `fresh` (delete the stored base run and its evaluations first)."""
-    from . import runner
-    from .store import get_or_create_run
-
-    if fresh:
-        config = {**runner.base_model_identity(preset), "preset": preset.name}
-        get_or_create_run(factory, method="base", model=preset.base_model, preset=preset.name, seed=preset.seed,
-                          config=config, fresh=True)
-    return runner.base_run(factory, preset)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -76,11 +76,17 @@ def _hf(model: str, device: str) -> Generator:
     return HFGenerator(model, None, device=device)
 
 
-def base_run(factory: sessionmaker[Session], preset: Preset, progress: bool = True) -> Run:
-    """The base model as a finished run of method "base" (its evaluations hang off it)."""
-    config = {**base_model_identity(preset), "preset": preset.name}
+def base_config(preset: Preset) -> dict[str, Any]:
+    """The config (and so the hash) of a preset's base-model run."""
+    return {**base_model_identity(preset), "preset": preset.name}
+
+
+def base_run(factory: sessionmaker[Session], preset: Preset, progress: bool = True, fresh: bool = False) -> Run:
+    """The base model as a finished run of method "base" (its evaluations hang off it).
+
+    `fresh` deletes the stored base run and its evaluations first."""
     run, reused = get_or_create_run(factory, method="base", model=preset.base_model, preset=preset.name,
-                                    seed=preset.seed, config=config)
+                                    seed=preset.seed, config=base_config(preset), fresh=fresh)
     if not reused:
         finish_run(factory, run.id, checkpoint=resolve_base_model(preset, progress))
     return _reload(factory, run.id)

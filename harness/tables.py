@@ -57,7 +57,8 @@ class TableData:
     notes: list[str] = field(default_factory=list)
 
 
-def _text(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A cell value as text: blank for None, 4 significant digits for floats."""
     if value is None:
         return ""
     if isinstance(value, float):
@@ -76,7 +77,7 @@ def _flat(table: TableData) -> tuple[list[str], list[list[Any]]]:
             if isinstance(cell, Cell):
                 keys += [k for k in cell.values if k not in keys]
         spec += [(col, k) for k in keys]
-    rows = [[(cell.values.get(key) if isinstance(cell, Cell) else None) if key else _text(cell)
+    rows = [[(cell.values.get(key) if isinstance(cell, Cell) else None) if key else format_value(cell)
              for col, key in spec for cell in [row.get(col)]] for row in table.rows]
     return [col if key is None else f"{col}.{key}" for col, key in spec], rows
 
@@ -96,7 +97,7 @@ def render(table: TableData, fmt: str = "rich") -> str:
         writer.writerows(rows)
         return buf.getvalue()
     if fmt == "markdown":
-        esc = lambda s: _text(s).replace("|", "\\|").replace("\n", "<br>")  # noqa: E731
+        esc = lambda s: format_value(s).replace("|", "\\|").replace("\n", "<br>")  # noqa: E731
         lines = [f"**{table.title}**", "", "| " + " | ".join(map(esc, table.columns)) + " |",
                  "|" + "---|" * len(table.columns)]
         lines += ["| " + " | ".join(esc(r.get(c)) for c in table.columns) + " |" for r in table.rows]
@@ -111,7 +112,7 @@ def render(table: TableData, fmt: str = "rich") -> str:
         for c in table.columns:
             t.add_column(Text(c), overflow="fold")
         for r in table.rows:
-            t.add_row(*(Text(_text(r.get(c))) for c in table.columns))
+            t.add_row(*(Text(format_value(r.get(c))) for c in table.columns))
         console = Console(record=True, width=max(100, 24 * len(table.columns)), file=io.StringIO())
         console.print(t)
         for n in table.notes:

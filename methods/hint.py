@@ -42,9 +42,8 @@ def rescue_hint(zero_hit: Sequence[Screened], model, tokenizer, generator, cfg: 
 # ------------------------------------------------------------------------------------------------
 from harness.method import register_method  # noqa: E402
 
-from .latentrevise.methods import cached_pairs  # noqa: E402
-from .latentrevise.mining import mine  # noqa: E402
-from .sft import SFT, SFTConfig  # noqa: E402
+from .latentrevise.methods import RescueSFT  # noqa: E402
+from .sft import SFTConfig  # noqa: E402
 
 
 @dataclass
@@ -53,9 +52,8 @@ class HintSFTConfig(SFTConfig, HintConfig):
 
 
 @register_method
-class HintSFT(SFT):
+class HintSFT(RescueSFT):
     name = "hint"
     config_cls = HintSFTConfig
-
-    def extra_examples(self, base_model, prompts, cfg, ctx):
-        return cached_pairs(ctx, lambda: mine(base_model, prompts, cfg, ctx, rescue_hint, "hint").pairs)
+    source = "hint"
+    rescue = staticmethod(rescue_hint)

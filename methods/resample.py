@@ -92,9 +92,8 @@ def rescue_resample(zero_hit: Sequence[Screened], model, tokenizer, generator, c
 # ------------------------------------------------------------------------------------------------
 from harness.method import register_method  # noqa: E402
 
-from .latentrevise.methods import cached_pairs  # noqa: E402
-from .latentrevise.mining import mine  # noqa: E402
-from .sft import SFT, SFTConfig  # noqa: E402
+from .latentrevise.methods import RescueSFT  # noqa: E402
+from .sft import SFTConfig  # noqa: E402
 
 
 @dataclass
@@ -103,9 +102,8 @@ class ResampleSFTConfig(SFTConfig, MatchedRescueConfig):
 
 
 @register_method
-class ResampleSFT(SFT):
+class ResampleSFT(RescueSFT):
     name = "resample"
     config_cls = ResampleSFTConfig
-
-    def extra_examples(self, base_model, prompts, cfg, ctx):
-        return cached_pairs(ctx, lambda: mine(base_model, prompts, cfg, ctx, rescue_resample, "resample").pairs)
+    source = "resample"
+    rescue = staticmethod(rescue_resample)

@@ -27,6 +27,17 @@ def tiny_corpus() -> list[str]:
     return lines + [" ".join(words)] * 5
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: one torch thread is faster, and far faster on a shared, oversubscribed CPU."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (SHARED_DATA / "math500.jsonl").is_file():

@@ -36,12 +36,8 @@ ReviseConfig, ReviseItem, Reviser = core.ReviseConfig, core.ReviseItem, core.Rev
 # ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster, and far faster on a shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread (the conftest fixture)."""
 
 
 @pytest.fixture(scope="module")

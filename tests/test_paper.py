@@ -143,12 +143,12 @@ def test_fresh_base_run_replaces_the_stored_one(db_url, monkeypatch):
 
     monkeypatch.setattr(runner, "resolve_base_model", lambda preset, progress=True: "/model")
     factory = open_db(db_url)
-    first = paper.base_run(factory, TINY)
+    first = runner.base_run(factory, TINY)
     with session_scope(factory) as s:
         s.add(Evaluation(run_id=first.id, benchmark="arith-easy", template="t", sampling={}, grader={},
                          eval_hash="x", n_problems=1, status="finished"))
-    assert paper.base_run(factory, TINY).id == first.id  # reused
-    fresh = paper.base_run(factory, TINY, fresh=True)
+    assert runner.base_run(factory, TINY).id == first.id  # reused
+    fresh = runner.base_run(factory, TINY, fresh=True)
     with session_scope(factory) as s:
         assert s.query(Evaluation).count() == 0 and s.query(Run).count() == 1
     assert fresh.status == "finished" and fresh.checkpoint == "/model"

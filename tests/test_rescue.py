@@ -20,11 +20,8 @@ SMALL = dict(mine_samples=2, mine_max_tokens=12, cont_samples=2, failed_per_prom
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread (the conftest fixture)."""
 
 
 @pytest.fixture(scope="module")

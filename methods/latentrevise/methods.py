@@ -59,15 +59,26 @@ class LRSFTConfig(SFTConfig, LatentReviseConfig):
     """SFT fields + every LatentRevise mining/revision field (flat)."""
 
 
+class RescueSFT(SFT):
+    """SFT on the standard data plus the trajectories a rescue procedure mines from zero-hit prompts.
+
+    Subclasses name the procedure (`rescue`, a `mining.mine` rescue function) and its `source` label;
+    lr-sft, resample and hint differ only there, so --table rescue compares like with like."""
+
+    source: str = ""
+    rescue = None  # staticmethod(rescue function) in subclasses
+
+    def extra_examples(self, base_model: str, prompts: Sequence[Problem], cfg,
+                       ctx: RunContext) -> list[tuple[str, str]]:
+        return cached_pairs(ctx, lambda: mine(base_model, prompts, cfg, ctx, type(self).rescue, self.source).pairs)
+
+
 @register_method
-class LRSFT(SFT):
+class LRSFT(RescueSFT):
     name = "lr-sft"
     config_cls = LRSFTConfig
-
-    def extra_examples(self, base_model: str, prompts: Sequence[Problem], cfg: LRSFTConfig,
-                       ctx: RunContext) -> list[tuple[str, str]]:
-        return cached_pairs(ctx, lambda: mine(base_model, prompts, cfg, ctx, rescue_latentrevise,
-                                              "latentrevise").pairs)
+    source = "latentrevise"
+    rescue = staticmethod(rescue_latentrevise)
 
 
 @dataclass
