@@ -53,6 +53,20 @@ class Preset:
 # ---------------------------------------------------------------------------------------------
 # tiny: CPU, offline, minutes. Calibration numbers are in the README.
 # ---------------------------------------------------------------------------------------------
+_TINY_SFT = {"data": "reference", "epochs": 4, "batch_size": 32, "micro_batch_size": 32, "lr": 1e-3,
+             "warmup_ratio": 0.05, "min_lr_ratio": 0.1, "response_prefix": " ", "max_len": 256, "heldout_frac": 0.05}
+# GRPO lr measured on the tiny model (README): 1e-3 collapses the training reward within a few steps
+# (Adam's first steps move every weight by ~lr), 2e-4 for 24 steps leaves it flat, 3e-4 with a short
+# warm-up for 64 steps of 32 prompts raises it
+_TINY_GRPO = {"steps": 64, "prompts_per_step": 32, "group_size": 8, "temperature": 1.0, "max_tokens": 96,
+              "lr": 3e-4, "warmup_steps": 4, "micro_batch_size": 32, "save_every": 16}
+# LatentRevise on the tiny model, our choice from a sweep on 256 training prompts (127 zero-hit; README):
+# rescued 31 with K=3, a constant step of 0.1, a 30 % prefix and 8 continuations per mode, vs 6 with the
+# generic defaults (K=10, harmonic step, 50 % prefix, 4 continuations)
+_TINY_REVISE = {"prefix_frac": 0.3, "step_rule": "const", "step_const": 0.1, "fw_steps": 3, "failed_per_prompt": 1,
+                "cont_samples": 8, "mine_max_tokens": 96}
+_TINY_MINE = {**_TINY_REVISE, "mine_prompts": 256, "mine_samples": 8}
+
 TINY = Preset(
     name="tiny",
     base_model="tiny",
@@ -64,12 +78,16 @@ TINY = Preset(
     eval=EvalProtocol(template="tiny-boxed", temperature=1.0, top_p=1.0, max_tokens=96, n_default=8,
                       pass_k=(1, 4, 8), seed=0),
     methods={
-        # sized for ~1-3 min each on a 2-core CPU (measured in methods/ tests' docstrings); our choices
-        "sft": {"data": "reference", "epochs": 4, "batch_size": 32, "micro_batch_size": 32, "lr": 1e-3,
-                "warmup_ratio": 0.05, "min_lr_ratio": 0.1, "response_prefix": " ", "max_len": 256,
-                "heldout_frac": 0.05},
-        "grpo": {"steps": 24, "prompts_per_step": 16, "group_size": 8, "temperature": 1.0, "max_tokens": 96,
-                 "lr": 2e-4, "micro_batch_size": 32, "save_every": 8},
+        # sized so that `--table main` (base + these four) fits ~15 min on an idle 2-core CPU; our choices
+        "sft": _TINY_SFT,
+        "grpo": _TINY_GRPO,
+        # lr-sft / resample / hint: the SFT budget + mining the first 256 training prompts (same screening,
+        # same zero-hit prompts, matched compute); lr-grpo: the GRPO budget + revising up to 4 zero-hit
+        # groups per step with the current policy
+        "lr-sft": {**_TINY_SFT, **_TINY_MINE},
+        "lr-grpo": {**_TINY_GRPO, **_TINY_REVISE, "revise_max_groups": 4, "insert_per_group": 2},
+        "resample": {**_TINY_SFT, **_TINY_MINE},
+        "hint": {**_TINY_SFT, **_TINY_MINE},
     },
     vllm=VLLMSettings(dtype="float32", cpu_kvcache_gib=1),
     tiny_model={},  # PretrainConfig() defaults are the tiny base model (calibrated: README)

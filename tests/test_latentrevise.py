@@ -67,7 +67,8 @@ def test_iterates_stay_in_hull_and_equal_their_vertex_sum(tiny):
     model, tok = tiny
     K = 5
     E = model.get_input_embeddings().weight.detach()
-    results = Reviser(model, tok, ReviseConfig(fw_steps=K, revise_last=6)).revise(make_items(tok))
+    # keep_best off: the returned iterate is the K-th, so every oracle pick is one of its vertices
+    results = Reviser(model, tok, ReviseConfig(fw_steps=K, revise_last=6, keep_best=False)).revise(make_items(tok))
     for r in results:
         w, ids = r.vertex_weights, r.vertex_ids
         assert w.shape == (r.prefix_len, K + 1)
@@ -90,6 +91,30 @@ def test_iterates_stay_in_hull_and_equal_their_vertex_sum(tiny):
                 pos = r.revise_start + j
                 assert v in ids[pos][w[pos] > 0].tolist()
         assert r.gammas == pytest.approx([2 / (k + 3) for k in range(K)])  # default rule never takes g = 1
+
+
+def test_keep_best_returns_the_lowest_objective_iterate(tiny):
+    import dataclasses
+
+    model, tok = tiny
+    E = model.get_input_embeddings().weight.detach()
+    K = 6
+    cfg = ReviseConfig(fw_steps=K, step_rule="const", step_const=0.7)  # large steps: the objective jumps around
+    best = Reviser(model, tok, cfg).revise(make_items(tok))
+    last = Reviser(model, tok, dataclasses.replace(cfg, keep_best=False)).revise(make_items(tok))
+    picked_earlier = 0
+    for rb, rl in zip(best, last):
+        assert rb.gold_loss == rl.gold_loss and rl.best_step == K  # same trajectory, different return
+        total = [g + cfg.away_weight * a for g, a in zip(rb.gold_loss, rb.away_loss)]
+        assert rb.best_step == min(range(K + 1), key=total.__getitem__)
+        if rb.best_step == K:
+            assert torch.equal(rb.iterate, rl.iterate)
+        else:
+            picked_earlier += 1
+            assert not torch.equal(rb.iterate, rl.iterate)
+        assert torch.allclose(rb.vertex_weights.sum(-1), torch.ones(rb.prefix_len), atol=1e-6)
+        assert torch.allclose((rb.vertex_weights[..., None] * E[rb.vertex_ids]).sum(-2), rb.iterate, atol=1e-5)
+    assert picked_earlier > 0  # otherwise this test checks nothing
 
 
 def test_chunked_oracle_matches_bruteforce():

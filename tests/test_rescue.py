@@ -133,3 +133,43 @@ def test_resample_and_hint_match_latentrevise_compute(tiny_model_dir, db_url, tm
     # the hint baseline trains on the prompt WITHOUT the hint
     with session_scope(open_db(db_url)) as s:
         assert all("Hint" not in r.prompt for r in s.query(Rollout).all())
+
+
+class PlantedEngine(PlantedGenerator):
+    """PlantedGenerator with the engine interface GRPO needs (weight sync is a counted no-op)."""
+
+    syncs = 0
+
+    def update_weights(self, named):
+        PlantedEngine.syncs += 1
+
+
+def test_lr_grpo_end_to_end_inserts_rescued_samples(tiny_model_dir, db_url, tmp_path, grader):
+    """lr-grpo with the real revision core: every group is zero-hit, the latent continuation is correct, so
+    each group gets exactly one (deduplicated, non-leaky) rescued sample and the update is not a no-op."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from methods.latentrevise.methods import LRGRPO, LRGRPOConfig
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ctx = make_ctx(db_url, tmp_path, grader, lambda m: PlantedEngine(tok), name="lr-grpo")
+    problems = [Problem(f"q{i}", f"Compute 2 + 2. ({i})", "4") for i in range(3)]
+    cfg = LRGRPOConfig(steps=2, prompts_per_step=3, group_size=4, max_tokens=12, lr=3e-3, micro_batch_size=8,
+                       save_every=0, store_rollouts="all", insert_per_group=2, **SMALL)
+    ckpt = LRGRPO().train(str(tiny_model_dir), problems, cfg, ctx)
+    with session_scope(ctx.db) as s:
+        steps = s.query(TrainStep).filter_by(run_id=ctx.run_id, phase="grpo").order_by(TrainStep.step).all()
+        assert [r.step for r in steps] == [1, 2]
+        for r in steps:
+            assert r.zero_hit_frac == 1.0 and r.reward_mean == 0.0  # policy samples are all wrong
+            assert r.extra["off_policy_samples"] == 3  # one distinct clean rescue per group (discrete ones leak)
+            assert r.extra["trained_samples"] == 3 * 5  # advantages are no longer all zero
+        mining = s.query(TrainStep).filter_by(run_id=ctx.run_id, phase="mining").order_by(TrainStep.step).all()
+        assert [m.step for m in mining] == [1, 2] and all(m.extra["rescue"]["rescue_rate"] == 1.0 for m in mining)
+        assert s.query(Revision).filter_by(run_id=ctx.run_id).count() == 2 * 3
+        revised = s.query(Rollout).filter_by(run_id=ctx.run_id, source="revised").all()
+        assert len(revised) == 2 * 3 and all(r.completion.endswith("so 2 + 2 = 4. The answer is \\boxed{4}.")
+                                             for r in revised)
+    before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(ckpt).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -27,6 +27,10 @@ Choices the abstract leaves open are `ReviseConfig` fields. The non-obvious ones
   so every step and every checkpoint recomputation sees the same keys). Gold and away rows are two
   batch rows per example sharing that cache; Z is run twice (once per row) - a custom tree mask
   would save L tokens per example but is fragile across attention kernels.
+- `keep_best`: the objective is not convex, so with a constant step the K-th iterate is often worse
+  than an earlier one (measured on the tiny model); the iterate with the lowest objective among the
+  K+1 evaluated ones is returned (the original prefix included), at no extra cost. Needs eval_final
+  to consider the K-th.
 - logits only at the loss positions (gold and away targets), never over the prefix.
 - GPU: bf16 autocast (the iterate and the weights stay float32) and per-layer activation
   checkpointing (our own wrapper; transformers' drops the cache). CPU: float32, no checkpointing.
@@ -85,6 +89,7 @@ class ReviseConfig:
     reuse_prompt_cache: bool = True
     grad_checkpointing: bool | None = None  # None: on for CUDA, off for CPU
     eval_final: bool = True  # one extra forward so the loss curves have K+1 points
+    keep_best: bool = True  # return the iterate with the lowest objective among 0..K, not the K-th (see docstring)
 
 
 @dataclass
@@ -114,6 +119,7 @@ class ReviseResult:
     wall_s: float
     peak_mem_mb: float | None
     gold_ids: list[int] = field(default_factory=list)
+    best_step: int = 0  # which iterate (0..K) was returned; K unless keep_best picked an earlier one
 
     def top_tokens(self, tokenizer, k: int = 5) -> list[list[list[Any]]]:
         """Per revised position: [[token text, weight], ...], heaviest first, duplicates merged."""
@@ -428,11 +434,22 @@ class Reviser:
         gammas: list[float | list[float]] = []
         oracle_hist: list[torch.Tensor] = []
         n_ls = 0
+        kept = {"total": torch.full((B,), math.inf, device=dev), "step": torch.zeros(B, dtype=torch.long, device=dev),
+                "Z": Z.clone(), "vids": vids.clone(), "vw": vw.clone()}
+
+        def keep_if_best(k: int, total: torch.Tensor) -> None:
+            better = total.detach() < kept["total"]
+            kept["total"] = torch.where(better, total.detach(), kept["total"])
+            kept["step"] = torch.where(better, torch.full_like(kept["step"], k), kept["step"])
+            for name, cur in (("Z", Z), ("vids", vids), ("vw", vw)):
+                kept[name] = torch.where(better.view(-1, *[1] * (cur.dim() - 1)), cur, kept[name])
+
         with self._autocast(), _checkpointed_layers(self.decoder, self.checkpointing):
             for k in range(K):
                 Zv = Z.detach().requires_grad_(True)
                 total, gold, away = objective(Zv)
                 (G,) = torch.autograd.grad(total.sum(), Zv)
+                keep_if_best(k, total)
                 gold_curve.append(gold.detach().tolist())
                 away_curve.append(away.detach().tolist())
                 with torch.no_grad():
@@ -470,9 +487,12 @@ class Reviser:
                     n_used = n_used + new.long()
             if cfg.eval_final:
                 with torch.no_grad():
-                    _, gold, away = objective(Z)
+                    total, gold, away = objective(Z)
+                    keep_if_best(K, total)
                     gold_curve.append(gold.tolist())
                     away_curve.append(away.tolist())
+            if cfg.keep_best:
+                Z, vids, vw = kept["Z"], kept["vids"], kept["vw"]
 
         with torch.no_grad():
             if cfg.discretize == "max-weight" and cfg.hull:
@@ -498,5 +518,6 @@ class Reviser:
                 oracle_ids=[h[b, starts[b]:L].tolist() for h in oracle_hist],
                 prompt_embeds=torch.cat([x_e, Z[b, :L]], dim=0).cpu(),
                 fte=float(fte), wall_s=wall / B, peak_mem_mb=float(peak), gold_ids=golds[b],
+                best_step=int(kept["step"][b]) if cfg.keep_best else K,
             ))
         return results

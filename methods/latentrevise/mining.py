@@ -314,7 +314,7 @@ def rescue_latentrevise(zero_hit: Sequence[Screened], model, tokenizer, generato
             failed_rollout=tokenizer.decode(r.item.rollout_ids, skip_special_tokens=True),
             prefix_len=r.prefix_len, fw_steps=rcfg.fw_steps,
             config={**dataclasses.asdict(rcfg), "_stats": {"fte_revise": r.fte, "fte_continue": cont_fte,
-                                                         "n_vertices_mean": n_vert, "step": step,
+                                                         "n_vertices_mean": n_vert, "step": step, "best_step": r.best_step,
                                                          "gammas": r.gammas}},
             gold_loss=r.gold_loss, away_loss=r.away_loss, top_tokens=r.top_tokens(tokenizer, rcfg.record_top),
             discrete_prefix=p_text, continuations=conts_json,
