@@ -5,9 +5,9 @@
 - passk.png: pass@k against k per benchmark, one line per method (unbiased estimator over each
   problem's n samples, averaged over problems).
 - rescue.png: rescue rate against compute per zero-hit prompt, LatentRevise vs resample vs hint
-  (one point per mining run; ablation runs of one method join into a curve).
+  (one point per mining run; runs of one method that differ only in K join into a curve).
 - fw_dynamics.png: the two loss terms of LatentRevise over the K Frank-Wolfe steps, mean and
-  10-90% band over all revisions of the preset.
+  10-90% band over the preset's revisions, one line per K.
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ def passk_figure(factory: sessionmaker[Session], preset: Preset, path: Path,
 
 
 def fw_figure(factory: sessionmaker[Session], preset: Preset, path: Path) -> Path | None:
+    """Both loss terms over the Frank-Wolfe steps: one line (mean, 10-90% band) per K, so that runs with
+    different K are never averaged into one curve."""
     with session_scope(factory) as s:
         rows = s.execute(select(Revision.gold_loss, Revision.away_loss).join(Run, Run.id == Revision.run_id)
                          .where(Run.preset == preset.name)).all()
@@ -77,32 +79,37 @@ def fw_figure(factory: sessionmaker[Session], preset: Preset, path: Path) -> Pat
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     for ax, idx, name in ((axes[0], 0, "toward-gold loss (NLL of the gold answer)"),
                           (axes[1], 1, "away loss (failed continuation)")):
-        curves = [[np.nan if v is None else v for v in r[idx]] for r in rows if r[idx]]
-        if not curves:
+        curves = [[np.nan if v is None else v for v in r[idx]] for r in rows if r[idx] and len(r[idx]) > 1]
+        by_len: dict[int, list[list[float]]] = {}
+        for c in curves:
+            by_len.setdefault(len(c), []).append(c)
+        drawn = 0
+        for j, (n, group) in enumerate(sorted(by_len.items())):
+            arr = np.array(group, dtype=float)
+            if np.isnan(arr).all():
+                continue
+            steps = np.arange(n)
+            with np.errstate(all="ignore"):
+                mean = np.nanmean(arr, 0)
+                lo, hi = np.nanpercentile(arr, 10, 0), np.nanpercentile(arr, 90, 0)
+            ax.plot(steps, mean, color=f"C{j}", marker="o", ms=2, label=f"K={n - 1} ({len(group)} revisions)")
+            ax.fill_between(steps, lo, hi, color=f"C{j}", alpha=0.12)
+            drawn += 1
+        if not drawn:
             ax.set_visible(False)
             continue
-        K = max(map(len, curves))
-        arr = np.full((len(curves), K), np.nan)
-        for i, c in enumerate(curves):
-            arr[i, : len(c)] = c
-        steps = np.arange(K)
-        with np.errstate(all="ignore"):
-            mean = np.nanmean(arr, 0)
-            lo, hi = np.nanpercentile(arr, 10, 0), np.nanpercentile(arr, 90, 0)
-        ax.plot(steps, mean, color="C0", label=f"mean over {len(curves)} revisions")
-        ax.fill_between(steps, lo, hi, color="C0", alpha=0.2, label="10-90%")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("Frank-Wolfe step k")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"Frank-Wolfe dynamics ({preset.name})", fontsize=11)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Frank-Wolfe dynamics ({preset.name}): mean and 10-90% band per K", fontsize=11)
     return _save(fig, path)
 
 
 def rescue_figure(factory: sessionmaker[Session], preset: Preset, path: Path) -> Path | None:
-    """Each mining run is a point (compute per zero-hit prompt, rescue rate); runs of one method are joined
-    in order of compute, so LatentRevise's K ablation traces a curve beside resample and hint."""
+    """Each mining run is a point (compute per zero-hit prompt, rescue rate); runs of one method whose
+    configs differ only in K are joined in order of K, so LatentRevise's K ablation traces a curve."""
     from .tables import rescue_points
 
     points = rescue_points(factory, preset)
@@ -110,10 +117,14 @@ def rescue_figure(factory: sessionmaker[Session], preset: Preset, path: Path) ->
         return None
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     for i, method in enumerate(sorted({p["method"] for p in points})):
-        pts = sorted((p for p in points if p["method"] == method), key=lambda p: p["fte"])
-        ax.plot([p["fte"] for p in pts], [100 * p["rate"] for p in pts], marker="o", color=f"C{i}", label=method)
-        for p in pts:
-            if p["fw_steps"] is not None and len(pts) > 1:
+        pts = [p for p in points if p["method"] == method]
+        ax.scatter([p["fte"] for p in pts], [100 * p["rate"] for p in pts], color=f"C{i}", s=18, label=method)
+        for fam in {p["family"] for p in pts}:
+            curve = sorted((p for p in pts if p["family"] == fam), key=lambda p: p["fw_steps"] or 0)
+            if len(curve) < 2:
+                continue
+            ax.plot([p["fte"] for p in curve], [100 * p["rate"] for p in curve], color=f"C{i}", lw=1)
+            for p in curve:
                 ax.annotate(f"K={p['fw_steps']}", (p["fte"], 100 * p["rate"]), fontsize=7,
                             textcoords="offset points", xytext=(3, 3))
     ax.set_xscale("log")

@@ -27,7 +27,7 @@ from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from .presets import EvalProtocol, Preset
-from .store import Evaluation, Revision, Run, Sample, TrainStep, session_scope
+from .store import Evaluation, Revision, Run, Sample, TrainStep, config_hash, session_scope
 
 FORMATS = ("rich", "csv", "json", "markdown")
 ORDER = ("base", "sft", "grpo", "lr-sft", "lr-grpo")  # the paper's row order; other methods follow
@@ -466,9 +466,10 @@ def rescue_points(factory: sessionmaker[Session], preset: Preset) -> list[dict[s
         for r in runs:
             a = aggregate_rescue(mining_stats(s, r))
             if a["rate"] is not None:
-                k = (r.config.get("method_config") or {}).get("fw_steps")
+                cfg = dict(r.config.get("method_config") or {})
+                k = cfg.pop("fw_steps", None)
                 out.append({"method": r.method, "source": a["source"], "run": r.id, "fte": a["fte_per_zero_hit"],
-                            "rate": a["rate"], "fw_steps": k})
+                            "rate": a["rate"], "fw_steps": k, "family": config_hash(cfg)})  # same config but K
     return out
 
 

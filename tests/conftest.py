@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("LATENTREVISE_DATA_DIR", ROOT.parent / "shared" / "data"))
+SHARED_DATA = Path(os.environ.get("LATENTREVISE_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

@@ -276,6 +276,13 @@ def test_rescue_points(factory, rescue_db):
     pts = {p["method"]: p for p in rescue_points(factory, TINY)}
     assert pts["lr-sft"]["fte"] == pytest.approx(250.0) and pts["lr-sft"]["rate"] == 0.5
     assert pts["lr-sft"]["fw_steps"] == 4 and pts["resample"]["fw_steps"] is None
+    # runs that differ only in K form one curve ("family") in the rescue figure; any other field splits it
+    k8 = add_run(factory, "lr-sft", config={"method_config": {"fw_steps": 8}})
+    other = add_run(factory, "lr-sft", config={"method_config": {"fw_steps": 8, "prefix_frac": 0.3}})
+    for rid in (k8, other):
+        add_mining(factory, rid, rescue("latentrevise", 100, 4, 1, 1000.0, trajectories=1))
+    family = {p["run"]: p["family"] for p in rescue_points(factory, TINY)}
+    assert family[rescue_db["lr-sft"]] == family[k8] != family[other]
 
 
 def test_ablation_table(factory, rescue_db):
