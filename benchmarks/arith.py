@@ -7,9 +7,9 @@ family has the same shape at a size a 0.5M-parameter model learns on a CPU in mi
     Solution: 23 + 45 = 68. 68 * 3 = 60 * 3 + 8 * 3 = 180 + 24 = 204. The answer is \\boxed{204}.<|im_end|>
 
 Difficulty comes from the number of operations, digits, carries, parentheses and multiplication
-by a digit. Word-problem phrasing and varied instructions exist (`WORD_PROB`, `SYMBOLIC`) but are
-off in the calibrated preset (calibrated with "Compute {e}." only; the mixed phrasing was not
-re-measured after a training bug was fixed). Changing them changes every split's texts. The tiers are a mix on purpose: a tiny base model solves
+by a digit, and the phrasing: in the medium and hard tiers 30 % of the +/- chains and
+multiplications are short stories ("Ana has 23 apples. Then Ana gets 45 more. ...", `WORD_PROB`);
+the rest read "Compute {e}.". Changing either changes every split's texts. The tiers are a mix on purpose: a tiny base model solves
 1-2 digit addition chains most of the time and 3-digit / multiplication / parenthesized ones
 rarely, so `arith-hard` and part of `arith-train` hold zero-hit prompts (every sample wrong)
 that are still solvable now and then - the regime the paper is about.
@@ -168,7 +168,7 @@ KINDS: dict[str, list[tuple[float, Callable[[random.Random], Item]]]] = {
         (1.0, lambda r: _paren(r, 2)),
     ],
 }
-WORD_PROB = {"easy": 0.0, "medium": 0.0, "hard": 0.0}
+WORD_PROB = {"easy": 0.0, "medium": 0.3, "hard": 0.3}  # share of story phrasings (chains and a * d only)
 
 
 # ------------------------------------------------------------------------------------------

@@ -102,3 +102,14 @@ def test_document_format_is_the_tiny_boxed_contract():
     assert doc == f"Problem: {p.problem}\nSolution: {p.meta['solution']}{EOS}"
     assert all(d.startswith("Problem: ") and d.endswith("}." + EOS) and d.count(EOS) == 1
                for d in pretrain_corpus(500, seed=0))
+
+
+def test_word_problems_in_medium_and_hard_tell_the_same_sum(sets):
+    """Story phrasings: none in easy, some in medium and hard; every operand is in the story, the
+    solution is the symbolic one, and the answer is the expression's value."""
+    words = {t: [p for p in sets[f"arith-{t}"] if p.meta["word"]] for t in TIERS}
+    assert not words["easy"] and len(words["medium"]) >= 10 and len(words["hard"]) >= 10
+    for p in words["medium"] + words["hard"]:
+        assert "Compute" not in p.problem and p.problem.endswith("?")
+        assert all(re.search(rf"\b{x}\b", p.problem) for x in p.meta["operands"])
+        assert last_boxed(p.meta["solution"]) == p.answer == str(eval(p.meta["expr"]))  # noqa: S307 (our own ints)
