@@ -63,7 +63,8 @@ class Ablation:
 
 
 ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
-    Ablation("k", "fw_steps", (0, 1, 3, 10, 20), "number of Frank-Wolfe steps K (0: no revision, continue from the original prefix)"),
+    Ablation("k", "fw_steps", (0, 1, 3, 10, 20), "number of Frank-Wolfe steps K (0: no revision, continue "
+             "from the original prefix)"),
     Ablation("prefix", "prefix_frac", (0.25, 0.5, 0.75), "prefix length L, as a fraction of the failed rollout "
              "(L = clamp(round(prefix_frac x |y|), prefix_min_tokens, prefix_max_tokens))"),
     Ablation("loss", "loss_terms", ("gold", "away", "both"), "objective: toward-gold only, away-only, both"),

@@ -43,7 +43,7 @@ class PretrainConfig:
     # tier -> relative weight: the medium tier (2-digit chains) is where the base model's skill grows
     corpus_mix: tuple[tuple[str, float], ...] = (("easy", 1.0), ("medium", 2.0), ("hard", 1.0))
     tokenizer_docs: int = 5_000  # first documents of the corpus that the BPE tokenizer is trained on
-    steps: int = 2500  # the budget: fixed, so the result does not depend on machine speed (~180 s on an idle 2-core CPU)
+    steps: int = 2500  # the budget: fixed, so the result does not depend on machine speed (~180 s, idle 2 cores)
     batch_size: int = 32  # documents per step, right-padded to the longest in the batch
     lr: float = 4e-3
     warmup_steps: int = 50
