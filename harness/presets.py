@@ -68,7 +68,9 @@ _TINY_GRPO = {"steps": 64, "prompts_per_step": 32, "group_size": 8, "temperature
 # 50 % prefix, 4 continuations)
 _TINY_REVISE = {"prefix_frac": 0.3, "step_rule": "const", "step_const": 0.1, "fw_steps": 3, "failed_per_prompt": 1,
                 "cont_samples": 8, "mine_max_tokens": 96}
-_TINY_MINE = {**_TINY_REVISE, "mine_prompts": 256, "mine_samples": 8}
+# lr-sft, resample and hint: the SFT budget + mining the first 256 training prompts (same screening, same
+# zero-hit prompts, matched compute), so --table rescue compares like with like
+_TINY_RESCUE_SFT = {**_TINY_SFT, **_TINY_REVISE, "mine_prompts": 256, "mine_samples": 8}
 
 TINY = Preset(
     name="tiny",
@@ -84,13 +86,11 @@ TINY = Preset(
         # sized so that `--table main` (base + these four) fits ~15 min on an idle 2-core CPU; our choices
         "sft": _TINY_SFT,
         "grpo": _TINY_GRPO,
-        # lr-sft / resample / hint: the SFT budget + mining the first 256 training prompts (same screening,
-        # same zero-hit prompts, matched compute); lr-grpo: the GRPO budget + revising up to 4 zero-hit
-        # groups per step with the current policy
-        "lr-sft": {**_TINY_SFT, **_TINY_MINE},
+        "lr-sft": _TINY_RESCUE_SFT,
+        "resample": _TINY_RESCUE_SFT,
+        "hint": _TINY_RESCUE_SFT,
+        # the GRPO budget + revising up to 4 zero-hit groups per step with the current policy
         "lr-grpo": {**_TINY_GRPO, **_TINY_REVISE, "revise_max_groups": 4, "insert_per_group": 2},
-        "resample": {**_TINY_SFT, **_TINY_MINE},
-        "hint": {**_TINY_SFT, **_TINY_MINE},
     },
     vllm=VLLMSettings(dtype="float32", cpu_kvcache_gib=1),
     tiny_model={},  # PretrainConfig() defaults are the tiny base model (calibrated: README)

@@ -438,6 +438,8 @@ class Reviser:
                 "Z": Z.clone(), "vids": vids.clone(), "vw": vw.clone()}
 
         def keep_if_best(k: int, total: torch.Tensor) -> None:
+            if not cfg.keep_best:  # the K-th iterate is returned: nothing to keep
+                return
             better = total.detach() < kept["total"]
             kept["total"] = torch.where(better, total.detach(), kept["total"])
             kept["step"] = torch.where(better, torch.full_like(kept["step"], k), kept["step"])
