@@ -1,8 +1,8 @@
 """`python reproduce.py --table main`: reproduce the paper's tables from results.db (typer CLI).
 
 Thin on purpose: parse arguments, hand them to the harness, print. Subcommands (eval, leaderboard,
-runs, show, query, methods, crosscheck) live in harness/cli.py; the table pipeline (plan, run or
-reuse, print) lives in harness/paper.py.
+runs, show, query, methods, crosscheck) live in repro/cli.py; the table pipeline (plan, run or
+reuse, print) lives in repro/pipeline.py.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from harness.cli import app
+from repro.cli import app
 
 
 @app.callback(invoke_without_command=True)
@@ -32,7 +32,7 @@ def main(
     if table is None and plot is None:
         typer.echo(ctx.get_help())
         raise typer.Exit()
-    from harness.paper import reproduce
+    from repro.pipeline import reproduce
 
     reproduce(table=table, preset=preset, plot_dir=plot, dry_run=dry_run, fresh=fresh, fmt=fmt,
               db=db, data_dir=data_dir)

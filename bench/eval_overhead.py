@@ -13,7 +13,7 @@
 3. resident memory of this (the harness) process while evaluating, sampled every 50 ms with psutil;
    vLLM's engine core runs in its own process and is not counted (target < 1 GiB).
 
-The model: --model, else the tiny preset's cached pretrained base (harness.pretrain), else a
+The model: --model, else the tiny preset's cached pretrained base (repro.tiny.pretrain), else a
 random tiny model built in a temporary directory. Engine start is excluded from every figure.
 Figures go to the console and, as JSON, to --out. On a shared 2-core CPU the timings are noisy:
 take the min over --reps repetitions and say so when quoting them.
@@ -42,7 +42,7 @@ def pick_model(model: str | None, tmp: Path) -> str:
     if model:
         return model
     try:
-        from harness.pretrain import INFO_FILE, PretrainConfig, model_dir
+        from repro.tiny.pretrain import INFO_FILE, PretrainConfig, model_dir
 
         cached = model_dir(PretrainConfig())
         if (cached / INFO_FILE).is_file():
@@ -52,7 +52,7 @@ def pick_model(model: str | None, tmp: Path) -> str:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import tiny_corpus
 
-    from harness.tiny_model import build_random_model
+    from repro.tiny.model import build_random_model
 
     return str(build_random_model(tmp / "tiny-random", tiny_corpus()))
 
@@ -91,8 +91,8 @@ def main(model: str = typer.Option(None, "--model"), limit: int = typer.Option(1
     from harness.evaluate import context_limit, evaluate_many, sampling_for
     from harness.generation import VLLMGenerator, VLLMSettings, stable_seed
     from harness.grading import Grader
-    from harness.presets import EvalProtocol
     from harness.prompts import render
+    from harness.protocol import EvalProtocol
     from harness.store import get_or_create_run, open_db
 
     console = Console()

@@ -23,11 +23,12 @@ import typer
 
 from harness.generation import Generator
 from harness.grading import Grader
-from harness.method import Budget, RunContext, build_config
-from harness.presets import TINY
-from harness.runner import generator_factory, load_train_prompts, resolve_base_model
+from harness.method import Budget, RunContext
 from harness.store import TrainStep, finish_run, get_or_create_run, open_db, session_scope
 from methods.grpo import GRPO
+from methods.registry import build_config
+from repro.presets import TINY
+from repro.runs import generator_factory, load_train_prompts, resolve_base_model
 
 STAGES = ("rollout", "grading", "update", "sync")
 

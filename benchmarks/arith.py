@@ -29,7 +29,7 @@ from typing import Callable
 from .registry import Problem, register_generated
 
 PROMPT_TEMPLATE = "Problem: {problem}\nSolution:"  # the `tiny-boxed` template (harness/prompts.py)
-EOS = "<|im_end|>"  # eos of the tokenizer built by harness/tiny_model.py
+EOS = "<|im_end|>"  # eos of the tokenizer built by repro/tiny/model.py
 TIERS = ("easy", "medium", "hard")
 EVAL_SIZE = 100
 TRAIN_SIZE = 1024

@@ -1,10 +1,13 @@
 """The README's "add your own method" example, kept runnable (tests/test_third_party.py runs it)."""
 
 from dataclasses import dataclass
-from harness.method import RunContext, register_method
-from harness.prompts import render
+
 from harness.generation import Sampling
+from harness.method import RunContext
+from harness.prompts import render
+from methods import register_method
 from methods.sft import SFT, SFTConfig
+
 
 @dataclass
 class BestOfNConfig(SFTConfig):      # reuse SFT's knobs, add ours

@@ -35,8 +35,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from benchmarks import Problem, load_benchmark
 
 from .generation import Completion, Generator, Sampling, stable_seed
-from .presets import EvalProtocol
 from .prompts import get_template, stop_sequences
+from .protocol import EvalProtocol
 from .store import Evaluation, Sample, config_hash, session_scope, utcnow
 
 TOO_LONG = "prompt_too_long"

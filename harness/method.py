@@ -6,19 +6,14 @@ A method is a name, a config dataclass and one entry point:
 
 `ctx` (a `RunContext`) hands the method the shared services so that every method runs on equal
 terms: generator factory, grader, prompt template, the run's database row for logging steps,
-rollouts and revisions, an output directory, the seed, the device and a budget. Methods register
-in `methods/__init__.py` (ours) or through the `latentrevise.methods` entry-point group (anyone's):
-
-    [project.entry-points."latentrevise.methods"]
-    my-method = "my_pkg.my_module:MyMethod"
+rollouts and revisions, an output directory, the seed, the device and a budget. The registry of
+methods by name lives one layer up, in `methods/registry.py`: this module knows no method.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Protocol, Sequence, runtime_checkable
 
@@ -28,8 +23,6 @@ from benchmarks import Problem
 
 from .generation import Generator
 from .store import Revision, Rollout, TrainStep, session_scope
-
-ENTRY_POINT_GROUP = "latentrevise.methods"
 
 
 @dataclass
@@ -82,46 +75,6 @@ class Method(Protocol):
     config_cls: ClassVar[type]
 
     def train(self, base_model: str, prompts: Sequence[Problem], config: Any, ctx: RunContext) -> str: ...
-
-
-_REGISTRY: dict[str, type] = {}
-
-
-def register_method(cls: type) -> type:
-    """Class decorator: make a method runnable by name."""
-    if not getattr(cls, "name", None) or not dataclasses.is_dataclass(getattr(cls, "config_cls", None)):
-        raise TypeError(f"{cls.__name__} needs a `name` and a dataclass `config_cls`")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def available_methods() -> dict[str, type]:
-    """Our methods plus every method published under the entry-point group."""
-    import methods  # noqa: F401  (registers the built-in methods)
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in _REGISTRY:
-            register_method(ep.load())
-    return dict(sorted(_REGISTRY.items()))
-
-
-def get_method(name: str) -> type:
-    found = available_methods()
-    if name not in found:
-        raise KeyError(f"unknown method {name!r}; available: {', '.join(found)}")
-    return found[name]
-
-
-def build_config(cls: type, overrides: dict[str, Any] | None = None) -> Any:
-    """The method's config dataclass with `overrides` applied; unknown keys are an error."""
-    cfg = cls.config_cls()
-    if not overrides:
-        return cfg
-    names = {f.name for f in dataclasses.fields(cfg)}
-    unknown = set(overrides) - names
-    if unknown:
-        raise ValueError(f"{cls.name}: unknown config field(s) {sorted(unknown)}; known: {sorted(names)}")
-    return dataclasses.replace(cfg, **overrides)
 
 
 class Timer:

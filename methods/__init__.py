@@ -1,5 +1,8 @@
-"""Our post-training methods; importing a module registers its method (harness.method.register_method)."""
+"""Post-training methods: the registry (registry.py) and ours, one module or package per method.
 
-from . import grpo, sft  # noqa: F401
-from . import hint, resample  # noqa: F401  (rescue baselines; LatentRevise helper)
-from .latentrevise import methods as _latentrevise  # noqa: F401  (lr-sft, lr-grpo)
+    from methods import get_method, register_method
+"""
+
+from .registry import available_methods, build_config, get_method, register_method
+
+__all__ = ["available_methods", "build_config", "get_method", "register_method"]

@@ -44,9 +44,10 @@ import torch
 
 from benchmarks import Problem
 from harness.generation import Sampling, stable_seed
-from harness.method import RunContext, Timer, register_method
+from harness.method import RunContext, Timer
 
 from .common import Trainer, TrainSettings, collate, encode_pair, progress_steps, render_prompts, token_logprobs
+from .registry import register_method
 
 VARIANTS = ("grpo", "drgrpo", "dapo")
 

@@ -14,8 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from .latentrevise.methods import RescueSFT
 from .latentrevise.mining import RescueOutcome, Screened, render_prompt
+from .registry import register_method
 from .resample import MatchedRescueConfig, budgets, n_samples, sample_and_verify
+from .sft import SFTConfig
 
 
 @dataclass
@@ -40,10 +43,6 @@ def rescue_hint(zero_hit: Sequence[Screened], model, tokenizer, generator, cfg: 
 # ------------------------------------------------------------------------------------------------
 # the method: SFT on the standard data + the rationalized rescues, trained without the hint
 # ------------------------------------------------------------------------------------------------
-from harness.method import register_method  # noqa: E402
-
-from .latentrevise.methods import RescueSFT  # noqa: E402
-from .sft import SFTConfig  # noqa: E402
 
 
 @dataclass

@@ -8,8 +8,7 @@ beforehand from the prompt's screening rollouts, so n = max(1, budget // estimat
 actually spent is what gets reported. Correct samples become SFT data through the same
 Trajectory/statistics path as LatentRevise (mining.mine), with the same leakage rule B.
 
-Registered as the SFT method `resample` (SFT on its base data + these trajectories) once
-methods/sft.py exposes `extra_examples`; see methods/latentrevise/methods.py.
+Registered as the SFT method `resample`: SFT on its base data + these trajectories (RescueSFT).
 """
 
 from __future__ import annotations
@@ -20,10 +19,20 @@ from typing import Sequence
 
 from harness.generation import Sampling, stable_seed
 
-from .latentrevise.core import Reviser
-from .latentrevise.mining import (LatentReviseConfig, RescueOutcome, Screened, Trajectory, _stops,
-                                  bare_restatement, predicted_lr_fte, sub_config)
-from .latentrevise.core import ReviseConfig
+from .latentrevise.core import ReviseConfig, Reviser
+from .latentrevise.methods import RescueSFT
+from .latentrevise.mining import (
+    LatentReviseConfig,
+    RescueOutcome,
+    Screened,
+    Trajectory,
+    _stops,
+    bare_restatement,
+    predicted_lr_fte,
+    sub_config,
+)
+from .registry import register_method
+from .sft import SFTConfig
 
 
 @dataclass
@@ -90,10 +99,6 @@ def rescue_resample(zero_hit: Sequence[Screened], model, tokenizer, generator, c
 # ------------------------------------------------------------------------------------------------
 # the method: SFT on the standard data + the resampled rescues (the `resample` row of --table rescue)
 # ------------------------------------------------------------------------------------------------
-from harness.method import register_method  # noqa: E402
-
-from .latentrevise.methods import RescueSFT  # noqa: E402
-from .sft import SFTConfig  # noqa: E402
 
 
 @dataclass

@@ -36,9 +36,10 @@ import torch
 
 from benchmarks import Problem
 from harness.generation import Sampling, stable_seed
-from harness.method import RunContext, register_method
+from harness.method import RunContext
 
 from .common import Trainer, TrainSettings, collate, encode_pair, masked_nll, progress_steps, render_prompts
+from .registry import register_method
 
 
 @dataclass

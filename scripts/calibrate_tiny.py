@@ -37,8 +37,8 @@ def calibrate_seed(seed: int, args) -> dict:
     from benchmarks.arith import format_prompt
     from harness.generation import Sampling, VLLMGenerator, stable_seed
     from harness.grading import Grader
-    from harness.presets import TINY
-    from harness.pretrain import PretrainConfig, ensure_tiny_base, pretrain_info
+    from repro.presets import TINY
+    from repro.tiny.pretrain import PretrainConfig, ensure_tiny_base, pretrain_info
 
     cfg = PretrainConfig.from_overrides({**TINY.tiny_model, "seed": seed, "threads": args.threads})
     t0 = time.perf_counter()

@@ -29,12 +29,17 @@ def main() -> None:
 
     from harness.grading import Grader
     from harness.method import RunContext
-    from harness.presets import TINY
-    from harness.runner import generator_factory, load_train_prompts, resolve_base_model
     from harness.store import get_or_create_run, open_db
-    from methods.latentrevise.mining import LatentReviseConfig, load_frozen_model, rescue_latentrevise, \
-        rescue_stats, screen
+    from methods.latentrevise.mining import (
+        LatentReviseConfig,
+        load_frozen_model,
+        rescue_latentrevise,
+        rescue_stats,
+        screen,
+    )
     from methods.resample import MatchedRescueConfig, rescue_resample
+    from repro.presets import TINY
+    from repro.runs import generator_factory, load_train_prompts, resolve_base_model
 
     configs = {name: json.loads(js) for name, js in (c.split("=", 1) for c in args.config)}
     base = json.loads(args.base)

@@ -1,7 +1,7 @@
 """Shared fixtures: the local benchmark data, a throwaway database, a tiny random model, engines.
 
 The tiny model here is random-initialized (tests need shapes, not skill); the tiny preset's
-pretrained base model is built by harness/pretrain.py and tested in test_pretrain.py.
+pretrained base model is built by repro/tiny/pretrain.py and tested in test_pretrain.py.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def db_url(tmp_path) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from harness.tiny_model import build_random_model
+    from repro.tiny.model import build_random_model
 
     return build_random_model(tmp_path_factory.mktemp("tiny-model"), tiny_corpus())
 

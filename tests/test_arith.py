@@ -8,7 +8,15 @@ import pytest
 
 from benchmarks import last_boxed, load_benchmark
 from benchmarks.arith import (
-    EOS, EVAL_SIZE, TIERS, TRAIN_SIZE, format_document, generate, pretrain_corpus, split_of, train_prompts,
+    EOS,
+    EVAL_SIZE,
+    TIERS,
+    TRAIN_SIZE,
+    format_document,
+    generate,
+    pretrain_corpus,
+    split_of,
+    train_prompts,
 )
 
 NAMES = [f"arith-{t}" for t in TIERS] + ["arith-train"]

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from benchmarks import DATA_DIR_ENV, BenchmarkDataError, list_benchmarks, load_benchmark, last_boxed
+from benchmarks import DATA_DIR_ENV, BenchmarkDataError, last_boxed, list_benchmarks, load_benchmark
 from benchmarks.math_sets import PAPER_BENCHMARKS
 from harness.grading import Grader
 

@@ -11,9 +11,8 @@ import sys
 import time
 
 import pytest
-from typer.testing import CliRunner
-
 from conftest import HAS_VLLM, ROOT
+from typer.testing import CliRunner
 
 runner = CliRunner()
 ENV = {"COLUMNS": "240"}
@@ -89,7 +88,7 @@ def test_bad_inputs_are_clear_errors(tiny_model_dir, data_dir, tmp_path):
 
 
 def test_methods_lists_the_registry():
-    from harness.method import available_methods
+    from methods.registry import available_methods
 
     res = runner.invoke(_app(), ["methods"], env=ENV)
     assert res.exit_code == 0, res.output
@@ -98,9 +97,9 @@ def test_methods_lists_the_registry():
 
 
 def test_leaderboard_command(tiny_model_dir, data_dir, tmp_path):
-    tables = pytest.importorskip("harness.tables")
+    tables = pytest.importorskip("repro.tables")
     if not hasattr(tables, "leaderboard"):
-        pytest.skip("harness.tables.leaderboard not there yet")
+        pytest.skip("repro.tables.leaderboard not there yet")
     app, db = _app(), tmp_path / "results.db"
     assert runner.invoke(app, _eval_args(tiny_model_dir, db, data_dir, "--backend", "hf"), env=ENV).exit_code == 0
     for fmt in ("rich", "csv", "json", "markdown"):
@@ -173,7 +172,7 @@ def test_crosscheck_lm_eval_agrees_with_the_harness(data_dir, tmp_path):
     pytest.importorskip("lm_eval")
     from benchmarks import load_benchmark
     from harness.grading import Grader
-    from harness.lm_eval_bridge import crosscheck
+    from repro.lmeval.bridge import crosscheck
 
     problems = load_benchmark("amc23", data_dir, 4)
     gen = AnswerKey(problems)
@@ -192,13 +191,13 @@ def test_crosscheck_lm_eval_agrees_with_the_harness(data_dir, tmp_path):
 
 
 def test_exported_lm_eval_tasks_load_offline(data_dir, monkeypatch):
-    """`lm_eval --include_path benchmarks/lm_eval_tasks`, run from the data directory, sees our data and prompts."""
+    """`lm_eval --include_path repro/lmeval/tasks`, run from the data directory, sees our data and prompts."""
     pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
 
     from benchmarks import load_benchmark
-    from harness.lm_eval_bridge import TASK_DIR, TASKS
     from harness.prompts import render
+    from repro.lmeval.bridge import TASK_DIR, TASKS
 
     monkeypatch.chdir(data_dir)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

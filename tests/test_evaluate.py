@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from conftest import HAS_VLLM
 from sqlalchemy import delete, func, select
 
 from benchmarks import load_benchmark
 from harness.evaluate import TOO_LONG, eval_identity, evaluate, evaluate_model
-from harness.presets import EvalProtocol
+from harness.protocol import EvalProtocol
 from harness.store import Evaluation, Sample, get_or_create_run, open_db, session_scope
-
-from conftest import HAS_VLLM
 
 pytestmark = [pytest.mark.vllm, pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed")]
 

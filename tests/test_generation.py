@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import HAS_VLLM
 
 from harness.generation import Sampling, stable_seed
-
-from conftest import HAS_VLLM
 
 PROMPTS = ["Problem: 12+7\nSolution:", "Problem: 3+45\nSolution: 3+45="]
 GREEDY = Sampling(n=1, temperature=0.0, max_tokens=24)

@@ -11,9 +11,9 @@ import math
 
 import pytest
 import torch
-
 from conftest import HAS_VLLM
-from methods.grpo import GRPO, GRPOConfig, Group, Sample, group_advantages, policy_loss
+
+from methods.grpo import GRPO, GRPOConfig, Sample, group_advantages, policy_loss
 
 VARIANTS = ("grpo", "drgrpo", "dapo")
 
@@ -310,9 +310,9 @@ def test_grpo_rejects_bad_config(tmp_path, db_url, tiny_model_dir):
 @pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed")
 def test_grpo_on_tiny_base_raises_training_reward(tmp_path, db_url):
     from harness.grading import Grader
-    from harness.presets import TINY
-    from harness.runner import generator_factory, load_train_prompts, resolve_base_model
     from harness.store import TrainStep
+    from repro.presets import TINY
+    from repro.runs import generator_factory, load_train_prompts, resolve_base_model
 
     with Grader() as grader:
         ctx = _ctx(tmp_path, db_url, generator_factory(TINY), grader)

@@ -9,8 +9,18 @@ import numpy as np
 import pytest
 
 from harness.metrics import (
-    answer_key, avg_at_n, bootstrap_ci, default_ks, macro_average, maj_at_k, mean_completion_length,
-    paired_test, pass_at_k, per_problem_scores, summarize, truncation_rate,
+    answer_key,
+    avg_at_n,
+    bootstrap_ci,
+    default_ks,
+    macro_average,
+    maj_at_k,
+    mean_completion_length,
+    paired_test,
+    pass_at_k,
+    per_problem_scores,
+    summarize,
+    truncation_rate,
 )
 
 

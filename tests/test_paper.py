@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from harness import paper
-from harness.presets import PAPER, TINY
 from harness.store import Evaluation, Run, Sample, finish_run, get_or_create_run, open_db, session_scope
+from repro import pipeline as paper
+from repro.presets import PAPER, TINY
 
 FIVE_METHODS = ("base", "sft", "grpo", "lr-sft", "lr-grpo")
 
@@ -27,7 +27,7 @@ def offline(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.delenv("LATENTREVISE_DATA_DIR", raising=False)
     monkeypatch.setattr(registry, "_load_hub", no_hub)
-    import harness.runner as runner
+    import repro.runs as runner
 
     monkeypatch.setattr(runner, "resolve_base_model", no_hub)
 
@@ -84,7 +84,7 @@ def test_every_ablation_field_exists(name):
 
 def _store_finished(factory, preset, method, benchmarks):
     """A finished run with exactly the config hash the plan computes, plus finished evaluations."""
-    from harness.runner import base_model_identity, run_config
+    from repro.runs import base_model_identity, run_config
 
     config = ({**base_model_identity(preset), "preset": preset.name} if method == "base"
               else run_config(preset, method)[1])
@@ -117,7 +117,7 @@ def test_second_invocation_reuses_everything(db_url, capsys, monkeypatch, offlin
     def boom(*a, **k):
         raise AssertionError("a reused plan must not train, evaluate or start a grader")
 
-    import harness.runner as runner
+    import repro.runs as runner
 
     for name in ("train_method", "evaluate_run", "base_run"):
         monkeypatch.setattr(runner, name, boom)
@@ -139,7 +139,7 @@ def test_missing_evaluation_is_planned(db_url, offline):
 
 
 def test_fresh_base_run_replaces_the_stored_one(db_url, monkeypatch):
-    import harness.runner as runner
+    import repro.runs as runner
 
     monkeypatch.setattr(runner, "resolve_base_model", lambda preset, progress=True: "/model")
     factory = open_db(db_url)
@@ -166,7 +166,7 @@ def test_all_tables_known():
 
 def test_a_failing_method_is_noted_and_the_rest_still_print(db_url, capsys, monkeypatch, offline):
     import harness.grading as grading
-    import harness.runner as runner
+    import repro.runs as runner
 
     factory = open_db(db_url)
     for m in ("base", "sft", "lr-sft", "lr-grpo"):

@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 import torch
-
 from conftest import HAS_VLLM
-from harness import pretrain
-from harness.pretrain import PretrainConfig, ensure_tiny_base, model_dir, pretrain_info
+
+from repro.tiny import pretrain
+from repro.tiny.pretrain import PretrainConfig, ensure_tiny_base, model_dir, pretrain_info
 
 SMALL = PretrainConfig(corpus_docs=1500, tokenizer_docs=1500, steps=30, batch_size=16, warmup_steps=5, threads=1)
 PROMPTS = ["Problem: Compute 3 + 4.\nSolution:", "Problem: What is 25 + 13 - 7?\nSolution:",
@@ -76,7 +76,7 @@ def test_same_seed_same_weights(tmp_path):
 
 
 def test_save_load_round_trip_keeps_logits(small_model, tmp_path):
-    from harness.tiny_model import save_model
+    from repro.tiny.model import save_model
 
     model, tok = _load(small_model[0])
     ids = torch.tensor([tok(PROMPTS[1], add_special_tokens=False).input_ids])

@@ -9,8 +9,8 @@ import os
 
 import pytest
 import torch
-
 from conftest import HAS_VLLM
+
 from methods.common import collate, encode_pair, lr_lambda
 from methods.sft import SFT, SFTConfig
 
@@ -157,9 +157,9 @@ def test_sft_on_tiny_base_lowers_heldout_loss_and_raises_accuracy(tmp_path, db_u
     from benchmarks import load_benchmark
     from harness.generation import Sampling, VLLMGenerator
     from harness.grading import Grader
-    from harness.presets import TINY
     from harness.prompts import render
-    from harness.runner import load_train_prompts, resolve_base_model
+    from repro.presets import TINY
+    from repro.runs import load_train_prompts, resolve_base_model
 
     base = resolve_base_model(TINY, progress=False)
     ctx = _ctx(tmp_path, db_url)

@@ -11,15 +11,23 @@ import io
 import json
 from datetime import datetime, timedelta
 
-import numpy as np
 import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.exc import IntegrityError
 
-from harness.presets import TINY
-from harness.store import (Evaluation, Revision, Rollout, Run, Sample, TrainStep, config_hash, get_or_create_run,
-                           open_db, session_scope)
-from harness.tables import FORMATS, ablation_table, leaderboard, main_table, render, rescue_points, rescue_table
+from harness.store import (
+    Evaluation,
+    Revision,
+    Run,
+    Sample,
+    TrainStep,
+    config_hash,
+    get_or_create_run,
+    open_db,
+    session_scope,
+)
+from repro.presets import TINY
+from repro.tables import FORMATS, ablation_table, leaderboard, main_table, render, rescue_points, rescue_table
 
 BENCHES = TINY.benchmarks  # arith-easy, arith-medium, arith-hard; n = 8 samples per problem
 N_PROBLEMS = 20
@@ -321,8 +329,8 @@ def test_unevaluated_newer_run_does_not_hide_the_evaluated_one(factory, filled):
 
 
 def test_reference_table_places_ours_beside_published(factory):
-    from harness.presets import PAPER
-    from harness.reference import PUBLISHED, reference_table
+    from repro.presets import PAPER
+    from repro.reference import PUBLISHED, reference_table
 
     with session_scope(factory) as s:
         run = Run(method="base", model=PAPER.base_model, preset="paper", seed=0, config={}, config_hash="b",
@@ -348,7 +356,7 @@ def test_reference_table_places_ours_beside_published(factory):
 
 
 def test_figures(factory, filled, tmp_path):
-    from harness.plots import write_figures
+    from repro.plots import write_figures
 
     add_mining(factory, filled["lr-sft"], rescue("latentrevise", 100, 4, 2, 1000.0, trajectories=6))
     add_revision(factory, filled["lr-sft"], "p0", True)

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import pytest
 from typer.testing import CliRunner
 
-from harness import presets
-from harness.method import RunContext, available_methods, build_config, register_method
-from harness.presets import EvalProtocol
+from harness.method import RunContext
+from harness.protocol import EvalProtocol
 from harness.store import Run, TrainStep, open_db, session_scope
+from methods.registry import available_methods, build_config, register_method
+from repro import presets
 from reproduce import app
 
 

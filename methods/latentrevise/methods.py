@@ -34,12 +34,12 @@ import torch
 
 from benchmarks import Problem
 from harness.generation import Completion
-from harness.method import RunContext, register_method
+from harness.method import RunContext
 
-from ..grpo import GRPO, GRPOConfig, Group, Sample
+from ..grpo import GRPO, Group, GRPOConfig, Sample
+from ..registry import register_method
 from ..sft import SFT, SFTConfig
-from .mining import (LatentReviseConfig, Screened, log_rescue, mine, rescue_latentrevise, rescue_stats,
-                     training_pairs)
+from .mining import LatentReviseConfig, Screened, log_rescue, mine, rescue_latentrevise, rescue_stats, training_pairs
 
 MINED_FILE = "mined_pairs.json"
 

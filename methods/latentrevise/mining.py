@@ -44,7 +44,7 @@ import torch
 from benchmarks import Problem
 from harness.generation import Completion, Sampling, stable_seed
 
-from .core import ReviseConfig, ReviseItem, ReviseResult, Reviser, gold_text, prefix_length
+from .core import ReviseConfig, ReviseItem, Reviser, ReviseResult, gold_text, prefix_length
 
 MARKERS = {"wait": r"\bwait\b", "check": r"\bcheck\w*", "verify": r"\bverif\w*"}
 

@@ -18,14 +18,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
-from .presets import Preset  # noqa: E402
-from .store import Revision, Run, session_scope  # noqa: E402
-from .tables import pick_runs, run_scores  # noqa: E402
+from harness.store import Revision, Run, session_scope  # noqa: E402
+from repro.presets import Preset  # noqa: E402
+from repro.tables import pick_runs, run_scores  # noqa: E402
 
 DPI = 110
 
@@ -39,7 +39,7 @@ def _save(fig, path: Path) -> Path:
 
 def passk_figure(factory: sessionmaker[Session], preset: Preset, path: Path,
                  prefer: dict[str, str] | None = None) -> Path | None:
-    from .metrics import pass_at_k
+    from harness.metrics import pass_at_k
 
     with session_scope(factory) as s:
         runs = pick_runs(s, preset.name, prefer, [])
@@ -110,7 +110,7 @@ def fw_figure(factory: sessionmaker[Session], preset: Preset, path: Path) -> Pat
 def rescue_figure(factory: sessionmaker[Session], preset: Preset, path: Path) -> Path | None:
     """Each mining run is a point (compute per zero-hit prompt, rescue rate); runs of one method whose
     configs differ only in K are joined in order of K, so LatentRevise's K ablation traces a curve."""
-    from .tables import rescue_points
+    from repro.tables import rescue_points
 
     points = rescue_points(factory, preset)
     if not points:

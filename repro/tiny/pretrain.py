@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from .store import config_hash, to_jsonable
-from .tiny_model import TinyModelConfig, init_model, save_model, train_tokenizer
+from harness.store import config_hash, to_jsonable
+from repro.tiny.model import TinyModelConfig, init_model, save_model, train_tokenizer
 
 CACHE_ENV = "LATENTREVISE_CACHE"
 INFO_FILE = "pretrain.json"

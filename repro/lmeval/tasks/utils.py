@@ -1,7 +1,7 @@
 """lm-eval hooks for the LatentRevise tasks: the harness's prompt and grader, called in-process.
 
 `doc_to_text` renders the harness template named by $LATENTREVISE_TEMPLATE (default qwen-boxed, the
-literal Qwen chat format: lm-eval has no tokenizer here); harness/lm_eval_bridge.py replaces it with
+literal Qwen chat format: lm-eval has no tokenizer here); repro/lmeval/bridge.py replaces it with
 the tokenizer-aware rendering the harness itself uses. `process_results` reports two metrics:
   math_verify  the harness grader (last \\boxed{}, math-verify; harness/grading.py), our number;
   exact_match  the last \\boxed{} compared as a whitespace-normalized string, a grader-free floor.

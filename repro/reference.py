@@ -18,9 +18,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from .presets import PRESETS
-from .store import Run, session_scope
-from .tables import Cell, TableData, _pct, pick_runs, run_scores
+from harness.store import Run, session_scope
+from repro.presets import PRESETS
+from repro.tables import Cell, TableData, _pct, pick_runs, run_scores
 
 BENCHMARKS = ("math500", "aime24", "aime25", "amc23", "olympiadbench")
 

@@ -20,11 +20,10 @@ from typing import Any
 from lm_eval.api.model import LM
 
 from benchmarks import load_benchmark
+from harness.generation import Generator, Sampling, stable_seed
+from harness.prompts import render, stop_sequences
 
-from .generation import Generator, Sampling, stable_seed
-from .prompts import render, stop_sequences
-
-TASK_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "lm_eval_tasks"
+TASK_DIR = Path(__file__).resolve().parent / "tasks"
 TASKS = {b: f"lr_{b}" for b in ("math500", "aime24", "aime25", "amc23", "olympiadbench")}
 
 
@@ -64,8 +63,9 @@ class HarnessLM(LM):
 def task_config(benchmark: str, data_dir: str | os.PathLike | None, template: str = "qwen-boxed",
                 tokenizer=None, max_tokens: int | None = None) -> dict[str, Any]:
     """The exported YAML for `benchmark`, with absolute data_files and the harness's own prompt."""
-    from benchmarks.registry import resolve_data_dir
     from lm_eval.tasks._yaml_loader import load_yaml
+
+    from benchmarks.registry import resolve_data_dir
 
     cfg = dict(load_yaml(TASK_DIR / f"{benchmark}.yaml", resolve_func=True))
     local = resolve_data_dir(data_dir)
@@ -105,11 +105,11 @@ def crosscheck(benchmark: str, model: str, *, limit: int = 10, template: str = "
     goes into that evaluation's metrics under "crosscheck"."""
     from sqlalchemy import select
 
-    from .evaluate import evaluate
-    from .generation import HFGenerator, VLLMGenerator, VLLMSettings
-    from .grading import Grader
-    from .presets import EvalProtocol
-    from .store import Evaluation, Sample, finish_run, get_or_create_run, open_db, session_scope
+    from harness.evaluate import evaluate
+    from harness.generation import HFGenerator, VLLMGenerator, VLLMSettings
+    from harness.grading import Grader
+    from harness.protocol import EvalProtocol
+    from harness.store import Evaluation, Sample, finish_run, get_or_create_run, open_db, session_scope
 
     problems = load_benchmark(benchmark, data_dir, limit)
     protocol = EvalProtocol(template=template, temperature=0.0, top_p=1.0, max_tokens=max_tokens, n_default=1,

@@ -1,7 +1,7 @@
 """Presets: the whole truth of a reproduction in one config object.
 
 `tiny` runs the paper end to end on a 2-core CPU in minutes with a model the harness pretrains
-itself (harness/pretrain.py) on the synthetic arithmetic family (benchmarks/arith.py). `paper`
+itself (repro/tiny/pretrain.py) on the synthetic arithmetic family (benchmarks/arith.py). `paper`
 and `paper-7b` mirror it field for field with the published setting; every value carries its
 source in a comment, or "our choice" where the paper is silent. A run's config hash is computed
 from these objects, so changing any field makes new runs and leaves old ones in results.db.
@@ -13,22 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .generation import VLLMSettings
-
-
-@dataclass(frozen=True)
-class EvalProtocol:
-    template: str = "qwen-boxed"
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_tokens: int = 3072
-    n_default: int = 1
-    n_per_benchmark: dict[str, int] = field(default_factory=dict)  # e.g. {"aime24": 32}
-    pass_k: tuple[int, ...] = (1,)
-    seed: int = 0
-
-    def n_for(self, benchmark: str) -> int:
-        return self.n_per_benchmark.get(benchmark, self.n_default)
+from harness.generation import VLLMSettings
+from harness.protocol import EvalProtocol
 
 
 @dataclass(frozen=True)
@@ -44,7 +30,7 @@ class Preset:
     seed: int = 0
     device: str = "cpu"
     vllm: VLLMSettings = VLLMSettings()
-    tiny_model: dict[str, Any] = field(default_factory=dict)  # overrides for harness.pretrain.PretrainConfig
+    tiny_model: dict[str, Any] = field(default_factory=dict)  # overrides for repro.tiny.pretrain.PretrainConfig
 
     def with_overrides(self, **changes: Any) -> Preset:
         return dataclasses.replace(self, **changes)

@@ -26,8 +26,9 @@ import numpy as np
 from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from .presets import EvalProtocol, Preset
-from .store import Evaluation, Revision, Run, Sample, TrainStep, config_hash, session_scope
+from harness.protocol import EvalProtocol
+from harness.store import Evaluation, Revision, Run, Sample, TrainStep, config_hash, session_scope
+from repro.presets import Preset
 
 FORMATS = ("rich", "csv", "json", "markdown")
 ORDER = ("base", "sft", "grpo", "lr-sft", "lr-grpo")  # the paper's row order; other methods follow
@@ -176,7 +177,7 @@ def run_scores(s: Session, run: Run, benchmarks: Sequence[str] | None, protocol:
 
 
 def pass_at(counts: dict[str, tuple[int, int]], k: int) -> float | None:
-    from .metrics import pass_at_k
+    from harness.metrics import pass_at_k
 
     if any(n < k for n, _ in counts.values()):
         return None
@@ -184,14 +185,14 @@ def pass_at(counts: dict[str, tuple[int, int]], k: int) -> float | None:
 
 
 def ci95(scores: Sequence[float]) -> tuple[float, float]:
-    from .metrics import bootstrap_ci
+    from harness.metrics import bootstrap_ci
 
     lo, hi = bootstrap_ci(list(scores))
     return float(lo), float(hi)
 
 
 def paired_p(a: Sequence[float], b: Sequence[float]) -> float:
-    from .metrics import paired_test
+    from harness.metrics import paired_test
 
     return float(paired_test(list(a), list(b), method=PAIRED_METHOD)[1])
 

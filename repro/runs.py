@@ -22,11 +22,11 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from benchmarks import Problem, load_benchmark
-
-from .generation import Generator, HFGenerator, VLLMGenerator
-from .method import Budget, RunContext, build_config, get_method
-from .presets import Preset
-from .store import Run, finish_run, get_or_create_run, session_scope
+from harness.generation import Generator, HFGenerator, VLLMGenerator
+from harness.method import Budget, RunContext
+from harness.store import Run, finish_run, get_or_create_run, session_scope
+from methods.registry import build_config, get_method
+from repro.presets import Preset
 
 RUNS_ENV = "LATENTREVISE_RUNS"
 
@@ -38,7 +38,7 @@ def runs_dir() -> Path:
 def base_model_identity(preset: Preset) -> dict[str, Any]:
     """What identifies the base model in run configs (the tiny model is identified by its recipe)."""
     if preset.base_model == "tiny":
-        from .pretrain import PretrainConfig
+        from repro.tiny.pretrain import PretrainConfig
 
         return {"base_model": "tiny", "pretrain": asdict(PretrainConfig.from_overrides(preset.tiny_model))}
     return {"base_model": preset.base_model}
@@ -47,7 +47,7 @@ def base_model_identity(preset: Preset) -> dict[str, Any]:
 def resolve_base_model(preset: Preset, progress: bool = True) -> str:
     """A loadable model reference: hub id, directory, or the tiny model (pretrained once, cached)."""
     if preset.base_model == "tiny":
-        from .pretrain import PretrainConfig, ensure_tiny_base
+        from repro.tiny.pretrain import PretrainConfig, ensure_tiny_base
 
         return str(ensure_tiny_base(PretrainConfig.from_overrides(preset.tiny_model), progress=progress))
     return preset.base_model
@@ -118,7 +118,7 @@ def train_method(factory: sessionmaker[Session], preset: Preset, method: str, *,
     out_dir.mkdir(parents=True, exist_ok=True)
     own_grader = grader is None
     if own_grader:
-        from .grading import Grader
+        from harness.grading import Grader
 
         grader = Grader()
     ctx = RunContext(
@@ -141,13 +141,13 @@ def train_method(factory: sessionmaker[Session], preset: Preset, method: str, *,
 def evaluate_run(factory: sessionmaker[Session], run: Run, preset: Preset, *, data_dir: str | None = None,
                  grader=None, progress: bool = True, backend: str = "auto") -> dict[str, dict]:
     """Evaluate a finished run's checkpoint on the preset's benchmarks under the preset's protocol."""
-    from .evaluate import evaluate_model
+    from harness.evaluate import evaluate_model
 
     if run.checkpoint is None:
         raise ValueError(f"run {run.id} ({run.method}) has no checkpoint (status {run.status})")
     own_grader = grader is None
     if own_grader:
-        from .grading import Grader
+        from harness.grading import Grader
 
         grader = Grader()
     try:

@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .tables import format_value
+from repro.tables import format_value
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_show_locals=False)
 console = Console()
@@ -84,11 +84,11 @@ def eval_cmd(
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="problems per generation batch"),
 ) -> None:
     """Evaluate a model on benchmarks; every sample and verdict goes to results.db (resumable)."""
-    from .evaluate import evaluate_model
-    from .generation import HFGenerator, VLLMGenerator, VLLMSettings
-    from .presets import EvalProtocol
-    from .prompts import TEMPLATES
-    from .store import finish_run, get_or_create_run, open_db
+    from harness.evaluate import evaluate_model
+    from harness.generation import HFGenerator, VLLMGenerator, VLLMSettings
+    from harness.prompts import TEMPLATES
+    from harness.protocol import EvalProtocol
+    from harness.store import finish_run, get_or_create_run, open_db
 
     if template not in TEMPLATES:
         fail(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
@@ -117,7 +117,7 @@ def eval_cmd(
     run, already_finished = get_or_create_run(factory, method="base", model=model, preset="custom", seed=seed,
                                               config=config)
     console.print(f"run {run.id} (base, {model}) -> {db}", highlight=False)
-    from .grading import Grader
+    from harness.grading import Grader
 
     grader = Grader()
     try:
@@ -177,10 +177,10 @@ def train(
     db: str = typer.Option("results.db", "--db"),
 ) -> None:
     """Train one method on a preset (reusing an identical finished run), then evaluate it."""
-    from . import runner
-    from .method import available_methods
-    from .presets import get_preset
-    from .store import open_db
+    from harness.store import open_db
+    from methods.registry import available_methods
+    from repro import runs as runner
+    from repro.presets import get_preset
 
     if method not in available_methods():
         fail(f"unknown method {method!r}; available: {', '.join(available_methods())}")
@@ -208,8 +208,8 @@ def leaderboard(
     db: str = typer.Option("results.db", "--db"),
 ) -> None:
     """One row per model/method, one column per benchmark, the average and 95% CIs."""
-    from . import tables
-    from .store import open_db
+    from harness.store import open_db
+    from repro import tables
 
     if fmt not in tables.FORMATS:
         fail(f"--format must be one of {', '.join(tables.FORMATS)}")
@@ -222,7 +222,7 @@ def runs(db: str = typer.Option("results.db", "--db")) -> None:
     """All runs: id, method, model, preset, seed, status, config hash, wall time, #evaluations."""
     from sqlalchemy import func, select
 
-    from .store import Evaluation, Run, open_db, session_scope
+    from harness.store import Evaluation, Run, open_db, session_scope
 
     with session_scope(open_db(db)) as s:
         counts = dict(s.execute(select(Evaluation.run_id, func.count()).group_by(Evaluation.run_id)).all())
@@ -242,7 +242,7 @@ def show(run_id: int = typer.Argument(...), db: str = typer.Option("results.db",
     """A run's per-benchmark metrics and some correct and incorrect samples (extracted answer vs gold)."""
     from sqlalchemy import select
 
-    from .store import Evaluation, Run, Sample, open_db, session_scope
+    from harness.store import Evaluation, Run, Sample, open_db, session_scope
 
     with session_scope(open_db(db)) as s:
         run = s.get(Run, run_id)
@@ -281,7 +281,7 @@ def query(sql: str = typer.Argument(..., help="SQL to run against results.db (re
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    from .store import engine_of, normalize_url, open_db
+    from harness.store import engine_of, normalize_url, open_db
 
     url = normalize_url(db)
     if url.startswith("sqlite:///") and not Path(url.split("sqlite:///", 1)[1]).is_file():
@@ -315,7 +315,7 @@ def query(sql: str = typer.Argument(..., help="SQL to run against results.db (re
 @app.command()
 def methods() -> None:
     """Registered post-training methods and their config fields (name=default)."""
-    from .method import available_methods
+    from methods.registry import available_methods
 
     table = Table(title="methods")
     table.add_column("name")
@@ -346,7 +346,8 @@ def crosscheck(
     max_model_len: Optional[int] = typer.Option(None, "--max-model-len"),
 ) -> None:
     """Score the same generations with lm-eval's task (our exported YAML) and with the harness; compare."""
-    from .lm_eval_bridge import TASKS, crosscheck as run_crosscheck
+    from repro.lmeval.bridge import TASKS
+    from repro.lmeval.bridge import crosscheck as run_crosscheck
 
     if benchmark not in TASKS:
         fail(f"crosscheck supports {', '.join(TASKS)}; got {benchmark!r}")

@@ -23,15 +23,14 @@ reads the method's config; every assumption is printed with the estimate.
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import re
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from contextlib import contextmanager
 from typing import Any, Iterator
 
 from rich.console import Console
@@ -40,9 +39,9 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from .presets import Preset, get_preset
-from .store import Evaluation, Run, config_hash, normalize_url, open_db, session_scope
-from .tables import TableData, main_table, matches, render
+from harness.store import Evaluation, Run, config_hash, normalize_url, open_db, session_scope
+from repro.presets import Preset, get_preset
+from repro.tables import TableData, main_table, matches, render
 
 MAIN_METHODS = ("sft", "grpo", "lr-sft", "lr-grpo")
 RESCUE_METHODS = ("lr-sft", "resample", "hint")  # the rescue comparison: LatentRevise vs resample vs hint
@@ -92,13 +91,13 @@ def ablation(name: str) -> Ablation:
 
 def check_ablation(abl: Ablation, method: str = LATENTREVISE_METHOD) -> None:
     """Fail before running anything when the LatentRevise config has no such field."""
-    from .method import get_method
+    from methods.registry import get_method
 
     cls = get_method(method).config_cls
     names = {f.name for f in dataclasses.fields(cls)}
     if abl.field not in names:
         raise ValueError(f"ablation {abl.name!r} varies {cls.__module__}.{cls.__name__}.{abl.field}, which does "
-                         f"not exist; fields: {', '.join(sorted(names))} (fix ABLATIONS in harness/paper.py)")
+                         f"not exist; fields: {', '.join(sorted(names))} (fix ABLATIONS in repro/pipeline.py)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,7 +119,7 @@ class Step:
 
 def run_hash(preset: Preset, method: str, overrides: dict[str, Any] | None = None) -> str:
     """The config hash `get_or_create_run` will compute for this run (offline: nothing is resolved)."""
-    from .runner import base_config, run_config
+    from repro.runs import base_config, run_config
 
     config = base_config(preset) if method == "base" else run_config(preset, method, overrides)[1]
     return config_hash({"method": method, "model": preset.base_model, "config": config})
@@ -131,7 +130,7 @@ def table_steps(table: str, preset: Preset) -> list[Step]:
     if table == "main":
         return [Step(m, m) for m in ("base", *MAIN_METHODS)]
     if table == "reference":  # our base-model numbers beside the published ones, where any are published
-        from .reference import models_with_reference
+        from repro.reference import models_with_reference
 
         return [Step("base", "base")] if preset.base_model in models_with_reference() else []
     if table == "rescue":  # the main table's lr-sft run (its mining phase), the baselines mining only
@@ -273,7 +272,7 @@ def estimate_step(st: Step, preset: Preset, data_dir: str | None) -> dict[str, A
     if st.method == "base":
         gen, trained, how = 0.0, 0.0, "no training"
     else:
-        from .runner import run_config
+        from repro.runs import run_config
 
         gen, trained, how = estimate_tokens(st.method, run_config(preset, st.method, st.overrides)[0], n_train,
                                             MEAN_COMPLETION_FRAC)
@@ -305,13 +304,13 @@ def assumptions(preset: Preset, data_dir: str | None) -> list[str]:
 def execute(steps: list[Step], preset: Preset, factory: sessionmaker[Session], *, data_dir: str | None,
             fresh: bool, console: Console) -> list[str]:
     """Run what is missing; a failing step is recorded (runner marks the run failed) and the rest go on."""
-    from . import runner
+    from repro import runs as runner
 
     failures: list[str] = []
     todo = [st for st in steps if st.action in ("run", "resume", "evaluate")]
     if not todo:
         return failures
-    from .grading import Grader
+    from harness.grading import Grader
 
     grader = Grader()
     try:
@@ -353,18 +352,18 @@ def build_table(table: str, preset: Preset, factory: sessionmaker[Session], step
     if table == "main":
         return main_table(factory, preset, prefer=prefer)
     if table == "reference":
-        from .reference import reference_table
+        from repro.reference import reference_table
 
         return reference_table(factory)
     if table == "rescue":
-        from .tables import rescue_table
+        from repro.tables import rescue_table
 
         result = rescue_table(factory, preset, methods=RESCUE_METHODS, prefer=prefer)
         result.notes.append(f"{', '.join(m for m in RESCUE_METHODS if m != LATENTREVISE_METHOD)}: mining only "
                             f"({', '.join(f'{k}={v}' for k, v in MINING_ONLY.items())}); {LATENTREVISE_METHOD}: "
                             "the main table's run (its mining phase)")
         return result
-    from .tables import ablation_table
+    from repro.tables import ablation_table
 
     abl = ablation(table.removeprefix("ablation-"))
     variants = [(st.overrides[abl.field], st.config_hash) for st in steps if abl.field in st.overrides]
@@ -452,7 +451,7 @@ def reproduce(table: str | None = "main", preset: str = "tiny", plot_dir: str | 
     console.print(f"runs and evaluations: {time.perf_counter() - t0:.1f} s; table from {url}", highlight=False)
     print(render(result, fmt), end="")
     if plot_dir:
-        from .plots import write_figures
+        from repro.plots import write_figures
 
         for path in write_figures(factory, p, plot_dir, planned_hashes(steps)):
             console.print(f"wrote {path}")

@@ -4,7 +4,7 @@ No hub is reachable in tests or CI, so the harness builds its own models: a toke
 with the `tokenizers` library (one token per digit, so arithmetic is learnable), saved as a
 transformers fast tokenizer with a Qwen-style chat template, and a standard `Qwen2ForCausalLM`
 so vLLM and transformers both load the same directory. Pretraining and caching of the tiny
-preset's base model live in `harness/pretrain.py`; this module only builds and saves.
+preset's base model live in `repro/tiny/pretrain.py`; this module only builds and saves.
 """
 
 from __future__ import annotations
