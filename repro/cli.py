@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from repro.tables import format_value
+from repro.render import format_value
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_show_locals=False)
 console = Console()
@@ -209,12 +209,12 @@ def leaderboard(
 ) -> None:
     """One row per model/method, one column per benchmark, the average and 95% CIs."""
     from harness.store import open_db
-    from repro import tables
+    from repro import render, tables
 
-    if fmt not in tables.FORMATS:
-        fail(f"--format must be one of {', '.join(tables.FORMATS)}")
+    if fmt not in render.FORMATS:
+        fail(f"--format must be one of {', '.join(render.FORMATS)}")
     names = [b.strip() for b in benchmarks.split(",")] if benchmarks else None
-    typer.echo(tables.render(tables.leaderboard(open_db(db), names), fmt))
+    typer.echo(render.render(tables.leaderboard(open_db(db), names), fmt))
 
 
 @app.command()

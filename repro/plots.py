@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
 from harness.store import Revision, Run, session_scope  # noqa: E402
 from repro.presets import Preset  # noqa: E402
-from repro.tables import pick_runs, run_scores  # noqa: E402
+from repro.scores import pick_runs, rescue_points, run_scores  # noqa: E402
 
 DPI = 110
 
@@ -110,8 +110,6 @@ def fw_figure(factory: sessionmaker[Session], preset: Preset, path: Path) -> Pat
 def rescue_figure(factory: sessionmaker[Session], preset: Preset, path: Path) -> Path | None:
     """Each mining run is a point (compute per zero-hit prompt, rescue rate); runs of one method whose
     configs differ only in K are joined in order of K, so LatentRevise's K ablation traces a curve."""
-    from repro.tables import rescue_points
-
     points = rescue_points(factory, preset)
     if not points:
         return None

@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from harness.store import Run, session_scope
 from repro.presets import PRESETS
-from repro.tables import Cell, TableData, _pct, pick_runs, run_scores
+from repro.render import Cell, TableData, format_pct
+from repro.scores import pick_runs, run_scores
 
 BENCHMARKS = ("math500", "aime24", "aime25", "amc23", "olympiadbench")
 
@@ -104,7 +105,7 @@ def _measured(factory: sessionmaker[Session], notes: list[str]) -> dict[str, lis
             for b, sc in scores.items():
                 vals = list(sc.scores.values())
                 mean = sum(vals) / len(vals)
-                row[b] = Cell(f"{_pct(mean)} (n={sc.n})", {"value": 100 * mean, "n": sc.n,
+                row[b] = Cell(f"{format_pct(mean)} (n={sc.n})", {"value": 100 * mean, "n": sc.n,
                                                             "n_problems": len(vals)})
             out.setdefault(base.model, []).append(row)
     return out

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from harness.store import Evaluation, Run, Sample, finish_run, get_or_create_run, open_db, session_scope
-from repro import pipeline as paper
+from repro import catalog, cost, pipeline, plan
 from repro.presets import PAPER, TINY
 
 FIVE_METHODS = ("base", "sft", "grpo", "lr-sft", "lr-grpo")
@@ -34,7 +34,7 @@ def offline(monkeypatch):
 
 def test_paper_dry_run_prints_full_plan_offline(tmp_path, capsys, offline):
     db = tmp_path / "results.db"
-    assert paper.reproduce(table="main", preset="paper", dry_run=True, db=str(db)) is None
+    assert pipeline.reproduce(table="main", preset="paper", dry_run=True, db=str(db)) is None
     out = capsys.readouterr().out
     assert not db.exists()  # a dry run creates no database
     for m in FIVE_METHODS:
@@ -50,36 +50,36 @@ def test_paper_dry_run_prints_full_plan_offline(tmp_path, capsys, offline):
 
 def test_estimate_formula():
     """Evaluation only (base): generated tokens / decode rate; 1.5B on the paper preset."""
-    st = paper.Step("base", "base")
-    est = paper.estimate_step(st, PAPER, data_dir=None)
-    completion = paper.MEAN_COMPLETION_FRAC * PAPER.eval.max_tokens
-    tokens = sum(paper.KNOWN_SIZES[b] * PAPER.eval.n_for(b) for b in PAPER.benchmarks) * completion
+    st = plan.Step("base", "base")
+    est = cost.estimate_step(st, PAPER, data_dir=None)
+    completion = cost.MEAN_COMPLETION_FRAC * PAPER.eval.max_tokens
+    tokens = sum(cost.KNOWN_SIZES[b] * PAPER.eval.n_for(b) for b in PAPER.benchmarks) * completion
     assert est["eval_generated"] == pytest.approx(tokens)
-    assert est["gpu_hours"] == pytest.approx(tokens / paper.GEN_TOK_S[1.5] / 3600)
-    assert paper.estimate_step(st, TINY, data_dir=None) is None  # CPU preset: no GPU estimate
+    assert est["gpu_hours"] == pytest.approx(tokens / cost.GEN_TOK_S[1.5] / 3600)
+    assert cost.estimate_step(st, TINY, data_dir=None) is None  # CPU preset: no GPU estimate
 
 
 def test_local_data_dir_counts(data_dir):
-    n, where = paper.dataset_size("math_train", str(data_dir), {"level": ["Level 3", "Level 4", "Level 5"]})
+    n, where = cost.dataset_size("math_train", str(data_dir), {"level": ["Level 3", "Level 4", "Level 5"]})
     assert n == 5586 and "counted" in where
 
 
 def test_ablation_field_is_checked(monkeypatch):
-    bogus = paper.Ablation("bogus", "no_such_field", (1, 2), "nothing")
-    monkeypatch.setitem(paper.ABLATIONS, "bogus", bogus)
+    bogus = catalog.Ablation("bogus", "no_such_field", (1, 2), "nothing")
+    monkeypatch.setitem(catalog.ABLATIONS, "bogus", bogus)
     with pytest.raises(ValueError, match="no_such_field.*does not exist"):
-        paper.table_steps("ablation-bogus", TINY)
+        plan.table_steps("ablation-bogus", TINY)
     with pytest.raises(KeyError, match="unknown ablation"):
-        paper.table_steps("ablation-nope", TINY)
+        plan.table_steps("ablation-nope", TINY)
     with pytest.raises(ValueError, match="unknown table"):
-        paper.table_steps("mian", TINY)
+        plan.table_steps("mian", TINY)
 
 
-@pytest.mark.parametrize("name", sorted(paper.ABLATIONS))
+@pytest.mark.parametrize("name", sorted(catalog.ABLATIONS))
 def test_every_ablation_field_exists(name):
     """The ablations name real LatentRevise config fields (fails until methods/latentrevise has them)."""
-    steps = paper.table_steps(f"ablation-{name}", TINY)
-    assert len([s for s in steps if s.method == paper.LATENTREVISE_METHOD]) == len(paper.ABLATIONS[name].values)
+    steps = plan.table_steps(f"ablation-{name}", TINY)
+    assert len([s for s in steps if s.method == catalog.LATENTREVISE_METHOD]) == len(catalog.ABLATIONS[name].values)
 
 
 def _store_finished(factory, preset, method, benchmarks):
@@ -111,7 +111,7 @@ def test_second_invocation_reuses_everything(db_url, capsys, monkeypatch, offlin
     factory = open_db(db_url)
     for m in FIVE_METHODS:
         _store_finished(factory, TINY, m, list(TINY.benchmarks))
-    steps = paper.plan_table("main", TINY, factory)
+    steps = plan.plan_table("main", TINY, factory)
     assert [(s.method, s.action) for s in steps] == [(m, "reuse") for m in FIVE_METHODS]
 
     def boom(*a, **k):
@@ -121,10 +121,10 @@ def test_second_invocation_reuses_everything(db_url, capsys, monkeypatch, offlin
 
     for name in ("train_method", "evaluate_run", "base_run"):
         monkeypatch.setattr(runner, name, boom)
-    monkeypatch.setattr(paper, "execute", lambda steps, *a, **k: [boom() for s in steps if s.action != "reuse"])
-    first = paper.reproduce(table="main", preset="tiny", db=db_url, fmt="json")
+    monkeypatch.setattr(pipeline, "execute", lambda steps, *a, **k: [boom() for s in steps if s.action != "reuse"])
+    first = pipeline.reproduce(table="main", preset="tiny", db=db_url, fmt="json")
     out1 = capsys.readouterr().out
-    second = paper.reproduce(table="main", preset="tiny", db=db_url, fmt="json")
+    second = pipeline.reproduce(table="main", preset="tiny", db=db_url, fmt="json")
     out2 = capsys.readouterr().out
     assert out1 == out2 and [r["method"] for r in json.loads(out1)["rows"]] == list(FIVE_METHODS)
     assert first.rows[0]["method"] == "base" and second.columns == first.columns
@@ -133,9 +133,9 @@ def test_second_invocation_reuses_everything(db_url, capsys, monkeypatch, offlin
 def test_missing_evaluation_is_planned(db_url, offline):
     factory = open_db(db_url)
     _store_finished(factory, TINY, "base", list(TINY.benchmarks[:2]))
-    base = paper.plan_table("main", TINY, factory)[0]
+    base = plan.plan_table("main", TINY, factory)[0]
     assert base.action == "evaluate" and TINY.benchmarks[2] in base.detail
-    assert paper.plan_table("main", TINY, factory, fresh=True)[0].action == "run"
+    assert plan.plan_table("main", TINY, factory, fresh=True)[0].action == "run"
 
 
 def test_fresh_base_run_replaces_the_stored_one(db_url, monkeypatch):
@@ -155,13 +155,13 @@ def test_fresh_base_run_replaces_the_stored_one(db_url, monkeypatch):
 
 
 def test_all_tables_known():
-    assert {s.method for s in paper.table_steps("main", TINY)} == set(FIVE_METHODS)
-    assert [s.method for s in paper.table_steps("reference", PAPER)] == ["base"]
-    assert paper.table_steps("reference", TINY) == []  # nothing published for the tiny model
-    rescue = paper.table_steps("rescue", TINY)
+    assert {s.method for s in plan.table_steps("main", TINY)} == set(FIVE_METHODS)
+    assert [s.method for s in plan.table_steps("reference", PAPER)] == ["base"]
+    assert plan.table_steps("reference", TINY) == []  # nothing published for the tiny model
+    rescue = plan.table_steps("rescue", TINY)
     assert [s.method for s in rescue] == ["lr-sft", "resample", "hint"] and not any(s.evaluate for s in rescue)
-    assert rescue[0].overrides == {} and rescue[1].overrides == paper.MINING_ONLY
-    assert dataclasses.is_dataclass(paper.Step)
+    assert rescue[0].overrides == {} and rescue[1].overrides == catalog.MINING_ONLY
+    assert dataclasses.is_dataclass(plan.Step)
 
 
 def test_a_failing_method_is_noted_and_the_rest_still_print(db_url, capsys, monkeypatch, offline):
@@ -181,7 +181,7 @@ def test_a_failing_method_is_noted_and_the_rest_still_print(db_url, capsys, monk
 
     monkeypatch.setattr(grading, "Grader", NoGrader)
     monkeypatch.setattr(runner, "train_method", fail)
-    t = paper.reproduce(table="main", preset="tiny", db=db_url, fmt="markdown")
+    t = pipeline.reproduce(table="main", preset="tiny", db=db_url, fmt="markdown")
     out = capsys.readouterr()
     assert [r["method"] for r in t.rows] == ["base", "sft", "lr-sft", "lr-grpo"]
     assert "failed this invocation: grpo: RuntimeError: grpo exploded" in t.notes

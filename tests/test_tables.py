@@ -27,7 +27,9 @@ from harness.store import (
     session_scope,
 )
 from repro.presets import TINY
-from repro.tables import FORMATS, ablation_table, leaderboard, main_table, render, rescue_points, rescue_table
+from repro.render import FORMATS, render
+from repro.scores import rescue_points
+from repro.tables import ablation_table, leaderboard, main_table, rescue_table
 
 BENCHES = TINY.benchmarks  # arith-easy, arith-medium, arith-hard; n = 8 samples per problem
 N_PROBLEMS = 20
