@@ -1,5 +1,6 @@
 """LatentRevise revision core: hull invariants, the chunked oracle, frozen policy, descent, padding,
-prompt-cache reuse, determinism, the leakage guard, vLLM == transformers from embeddings, and GPU."""
+prompt-cache reuse, determinism, the Frank-Wolfe update and keep-best on hand-made tensors, config
+checks, the leakage guard, vLLM == transformers from embeddings, and GPU."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def make_items(tok, specs=((3, 7), (12, 14), (51, 2))):
     items = []
     for a, b in specs:
         x = tok(f"Problem: {a}+{b}\nSolution:", add_special_tokens=False).input_ids
-        y = tok(f" {a}+{b}={a + b + 1}. The final answer is \\boxed{{{a + b + 1}}}.", add_special_tokens=False).input_ids
+        wrong = a + b + 1
+        y = tok(f" {a}+{b}={wrong}. The final answer is \\boxed{{{wrong}}}.", add_special_tokens=False).input_ids
         items.append(ReviseItem(x, y, str(a + b)))
     return items
 
@@ -86,7 +88,7 @@ def test_iterates_stay_in_hull_and_equal_their_vertex_sum(tiny):
         assert torch.all(w[frozen, 0] == 1)
         assert r.discrete_ids[: r.revise_start] == r.prefix_ids[: r.revise_start]
         # every vertex the oracle picked is a vertex of the iterate, with positive weight
-        for k, picks in enumerate(r.oracle_ids):
+        for picks in r.oracle_ids:
             for j, v in enumerate(picks):
                 pos = r.revise_start + j
                 assert v in ids[pos][w[pos] > 0].tolist()
@@ -192,8 +194,155 @@ def test_config_fields_change_the_split_and_objective(tiny):
     free = Reviser(model, tok, ReviseConfig(fw_steps=2, hull=False)).revise(item)[0]
     E = model.get_input_embeddings().weight.detach()
     assert not torch.allclose(free.iterate, E[free.vertex_ids[:, 0]])  # moved, outside the vertex record
-    with pytest.raises(ValueError, match="away_form"):
-        Reviser(model, tok, ReviseConfig(away_form="log"))
+
+
+# ------------------------------------------------------------------------------------------------
+# the Frank-Wolfe update and keep-best, on hand-made tensors (no model)
+# ------------------------------------------------------------------------------------------------
+
+# four vertices of the unit square: every number below is exact in float32
+SQUARE = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+
+
+def test_fw_update_two_steps_by_hand():
+    # example 0 revises both positions, example 1 only position 0 (position 1 is frozen)
+    active = torch.tensor([[True, True], [True, False]])
+    state = core.initial_state(torch.tensor([[0, 3], [1, 2]]), SQUARE, K=2)
+    assert torch.equal(state.Z, SQUARE[torch.tensor([[0, 3], [1, 2]])])
+    # step 1: (0,0) gains vertex 1; (0,1) picks its own vertex 3; (1,0) gains vertex 2; (1,1) frozen
+    state = core.fw_update(state, torch.tensor([[1, 3], [2, 0]]), torch.tensor([0.5, 0.25]), active, SQUARE)
+    assert torch.equal(state.Z, torch.tensor([[[0.5, 0.0], [1.0, 1.0]], [[0.75, 0.25], [0.0, 1.0]]]))
+    assert torch.equal(state.n_used, torch.tensor([[2, 1], [2, 1]]))
+    # step 2: (0,0) picks vertex 1 again; (0,1) picks 0, which only a stale (unused) slot holds;
+    # (1,0) returns to its original vertex 1; (1,1) is offered vertex 3 but stays frozen
+    state = core.fw_update(state, torch.tensor([[1, 0], [1, 3]]), torch.tensor([0.5, 0.5]), active, SQUARE)
+    assert torch.equal(state.Z, torch.tensor([[[0.75, 0.0], [0.5, 0.5]], [[0.875, 0.125], [0.0, 1.0]]]))
+    assert torch.equal(state.vids, torch.tensor([[[0, 1, 0], [3, 0, 0]], [[1, 2, 0], [2, 0, 0]]]))
+    assert torch.equal(state.vw, torch.tensor([[[0.25, 0.75, 0.0], [0.5, 0.5, 0.0]],
+                                               [[0.875, 0.125, 0.0], [1.0, 0.0, 0.0]]]))
+    assert torch.equal(state.n_used, torch.tensor([[2, 2], [2, 1]]))
+
+
+def test_fw_update_raises_an_existing_vertex_instead_of_taking_a_slot():
+    state = core.initial_state(torch.tensor([[0]]), SQUARE, K=3)
+    for _ in range(3):
+        state = core.fw_update(state, torch.tensor([[2]]), torch.tensor([0.5]), torch.tensor([[True]]), SQUARE)
+    assert state.n_used.item() == 2
+    assert state.vids[0, 0, :2].tolist() == [0, 2]
+    assert state.vw[0, 0].tolist() == [0.125, 0.875, 0.0, 0.0]  # 1 - (1 - 0.5)^3 on vertex 2
+    assert state.Z[0, 0].tolist() == [0.0, 0.875]
+
+
+def test_fw_update_keeps_the_hull_invariants_on_random_steps():
+    gen = torch.Generator().manual_seed(0)
+    V, H, B, Lmax, K = 7, 5, 3, 6, 8
+    E = torch.randn(V, H, generator=gen)
+    active = torch.rand(B, Lmax, generator=gen) > 0.3
+    start = core.initial_state(torch.randint(0, V, (B, Lmax), generator=gen), E, K)
+    state, picks = start, []
+    for _ in range(K):
+        s = torch.randint(0, V, (B, Lmax), generator=gen)  # few vertices: many repeats
+        picks.append(s)
+        state = core.fw_update(state, s, torch.rand(B, generator=gen) * 0.9 + 0.1, active, E)
+    w, ids = state.vw, state.vids
+    assert (w >= 0).all() and torch.allclose(w.sum(-1), torch.ones(B, Lmax), atol=1e-6)
+    assert torch.allclose((w[..., None] * E[ids]).sum(-2), state.Z, atol=1e-5)
+    for b in range(B):
+        for i in range(Lmax):
+            if not active[b, i]:  # frozen: bit for bit the start
+                for name in ("Z", "vids", "vw", "n_used"):
+                    assert torch.equal(getattr(state, name)[b, i], getattr(start, name)[b, i]), name
+                continue
+            n = state.n_used[b, i].item()
+            seen = {start.vids[b, i, 0].item()} | {s[b, i].item() for s in picks}
+            assert n == len(seen) and set(ids[b, i, :n].tolist()) == seen  # one slot per distinct vertex
+            assert (w[b, i, n:] == 0).all()
+
+
+def test_keep_if_better_keeps_each_examples_lowest_iterate():
+    active = torch.ones(2, 1, dtype=torch.bool)
+    s0 = core.initial_state(torch.tensor([[0], [1]]), SQUARE, K=1)
+    s1 = core.fw_update(s0, torch.tensor([[3], [3]]), torch.tensor([0.5, 0.5]), active, SQUARE)
+    best = core.Best(torch.full((2,), float("inf")), torch.zeros(2, dtype=torch.long), s0)
+    best = core.keep_if_better(best, 0, torch.tensor([2.0, 1.0]), s0)
+    best = core.keep_if_better(best, 1, torch.tensor([1.5, 1.0]), s1)  # a tie is not an improvement
+    assert best.total.tolist() == [1.5, 1.0] and best.step.tolist() == [1, 0]
+    assert torch.equal(best.state.Z, torch.tensor([[[0.5, 0.5]], [[1.0, 0.0]]]))
+    assert torch.equal(best.state.vw, torch.tensor([[[0.5, 0.5]], [[1.0, 0.0]]]))
+    assert best.state.n_used.tolist() == [[2], [1]]
+
+
+# ------------------------------------------------------------------------------------------------
+# config checks
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, allowed", [
+    ("step_rule", "harmonic | const | line-search"), ("loss_terms", "both | gold | away"),
+    ("away_form", "unlikelihood | clipped-nll"), ("discretize", "max-weight | nearest"),
+    ("oracle_dtype", "model | float32")])
+def test_config_rejects_an_unknown_choice_naming_the_field_and_the_choices(name, allowed):
+    with pytest.raises(ValueError) as err:
+        ReviseConfig(**{name: "bogus"})
+    assert str(err.value) == f"ReviseConfig.{name} must be one of {allowed}, got 'bogus'"
+
+
+@pytest.mark.parametrize("bad", [dict(fw_steps=-1), dict(prefix_frac=0.0), dict(prefix_frac=1.5),
+                                 dict(step_const=0.0), dict(step_const=1.01), dict(line_search_grid=()),
+                                 dict(line_search_grid=(0.5, 0.0)), dict(away_weight=-0.1), dict(away_clip=0.0),
+                                 dict(prefix_min_tokens=0), dict(prefix_max_tokens=0), dict(prefix_len=0),
+                                 dict(revise_last=0), dict(away_max_tokens=0), dict(oracle_chunk=0),
+                                 dict(revise_batch=0), dict(record_top=-1)])
+def test_config_rejects_out_of_range_values(bad):
+    (name,) = bad
+    with pytest.raises(ValueError, match=f"ReviseConfig: {name} must be"):
+        ReviseConfig(**bad)
+
+
+def test_config_accepts_the_range_edges():
+    cfg = ReviseConfig(fw_steps=0, prefix_frac=1.0, step_const=1.0, line_search_grid=(1.0,), away_weight=0.0,
+                       prefix_max_tokens=None, away_max_tokens=None, record_top=0)
+    assert cfg.fw_steps == 0 and cfg.prefix_frac == 1.0 and cfg.step_const == 1.0
+
+
+def test_config_checks_run_through_flat_subclasses_and_replace():
+    import dataclasses
+
+    from methods.latentrevise.mining import LatentReviseConfig
+
+    with pytest.raises(ValueError, match="LatentReviseConfig.step_rule must be one of"):
+        LatentReviseConfig(step_rule="newton")
+    with pytest.raises(ValueError, match="fw_steps must be >= 0"):
+        dataclasses.replace(LatentReviseConfig(), fw_steps=-1)
+
+    @dataclasses.dataclass
+    class Other:
+        other: int = 0
+
+        def __post_init__(self):
+            if self.other < 0:
+                raise ValueError("other must be >= 0")
+
+    @dataclasses.dataclass
+    class After(ReviseConfig, Other):  # ReviseConfig first: it passes the call on to Other
+        pass
+
+    @dataclasses.dataclass
+    class Own(ReviseConfig, Other):  # a subclass with checks of its own calls super's first
+        own: int = 0
+
+        def __post_init__(self):
+            super().__post_init__()
+            if self.own < 0:
+                raise ValueError("own must be >= 0")
+
+    with pytest.raises(ValueError, match="own must be"):
+        Own(own=-1)
+    for flat in (After, Own):
+        with pytest.raises(ValueError, match="other must be"):
+            flat(other=-1)
+        with pytest.raises(ValueError, match=f"{flat.__name__}.discretize must be one of"):
+            flat(discretize="round")
+        assert dataclasses.replace(flat(), fw_steps=3).fw_steps == 3
 
 
 def test_leakage_guard_catches_planted_cases():

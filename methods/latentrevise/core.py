@@ -15,7 +15,8 @@ z_i <- (1 - g) z_i + g e_{s_i}. Per position we keep the sparse convex weights o
 used so far (at most K+1 of them: the original token plus one per step); they are the exact
 representation of the iterate and the record of which tokens the revision moved toward.
 
-Choices the abstract leaves open are `ReviseConfig` fields. The non-obvious ones:
+Choices the abstract leaves open are `ReviseConfig` fields (checked when the config is built). The
+non-obvious ones:
 - step size `step_rule`: "harmonic" g_k = 2/(k+3) (default; the textbook 2/(k+2) has g_0 = 1,
   which throws the original prefix away at the first step), "const" (`step_const`), or
   "line-search" (per example, the best of `line_search_grid` by extra forward passes).
@@ -37,6 +38,13 @@ Choices the abstract leaves open are `ReviseConfig` fields. The non-obvious ones
 - the policy is frozen inside `frozen_params` (requires_grad_(False), restored afterwards): no
   parameter ever receives a gradient and there is no optimizer.
 
+One batch, in `Reviser._revise_batch`: `batch_layout` pads the items into rows and loss targets
+(`BatchLayout`), the prompt cache is filled once (`_prefill`), then K times: the objective and its
+gradient (`_objective`), the oracle, the step size (`_step_sizes`) and `fw_update`, a pure function
+of the state (`FWState`) kept apart from the model so that the hull invariants are testable on
+hand-made tensors; `keep_if_better` tracks the best iterate. Last, discretization and packing into
+`ReviseResult`s.
+
 Compute is counted in forward-token equivalents (FTE): a forward over T tokens = T, a forward plus
 input-gradient backward (frozen weights: no weight gradients) = 2T, +T with checkpointing, the
 oracle = N*V*H / P (its FLOPs in units of one token's 2P-FLOP forward, P = parameter count).
@@ -49,13 +57,21 @@ import resource
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from harness.config import check_choices
+
 DEFAULT_GOLD_TEMPLATE = " The final answer is \\boxed{{answer}}."  # "{answer}" is replaced
 TINY_GOLD_TEMPLATE = " The answer is \\boxed{{answer}}."  # the arith solutions' own closing sentence
+
+StepRule = Literal["harmonic", "const", "line-search"]
+LossTerms = Literal["both", "gold", "away"]
+AwayForm = Literal["unlikelihood", "clipped-nll"]
+Discretize = Literal["max-weight", "nearest"]
+OracleDtype = Literal["model", "float32"]
 
 
 @dataclass
@@ -67,22 +83,22 @@ class ReviseConfig:
     prefix_len: int | None = None  # a fixed L (still < |y|); overrides prefix_frac
     revise_last: int | None = None  # M: revise only the last M prefix positions (None = all L)
     fw_steps: int = 10  # K
-    step_rule: str = "harmonic"  # harmonic: 2/(k+3) | const: step_const | line-search
+    step_rule: StepRule = "harmonic"  # harmonic: 2/(k+3) | const: step_const | line-search
     step_const: float = 0.3
     line_search_grid: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
     hull: bool = True  # False (ablation): unconstrained normalized-gradient steps, p' by nearest token
     # objective
-    loss_terms: str = "both"  # both: gold + away_weight*away | gold | away (ablation)
+    loss_terms: LossTerms = "both"  # both: gold + away_weight*away | gold | away (ablation)
     gold_template: str | None = None  # None: TINY_GOLD_TEMPLATE for the tiny-boxed template, else DEFAULT
     away_weight: float = 0.5
-    away_form: str = "unlikelihood"  # unlikelihood: mean -log(1-p) | clipped-nll: -min(NLL, away_clip)
+    away_form: AwayForm = "unlikelihood"  # unlikelihood: mean -log(1-p) | clipped-nll: -min(NLL, away_clip)
     away_clip: float = 5.0  # nats per token (clipped-nll)
     away_max_tokens: int | None = 128  # first tokens of the failed continuation the away term sees
     # oracle and discretization
     oracle_chunk: int = 16384  # vocabulary rows per chunk of G E^T
-    oracle_dtype: str = "model"  # model: matmul in the model dtype | float32
+    oracle_dtype: OracleDtype = "model"  # model: matmul in the model dtype | float32
     exclude_special: bool = True
-    discretize: str = "max-weight"  # max-weight: heaviest vertex | nearest: nearest embedding row
+    discretize: Discretize = "max-weight"  # max-weight: heaviest vertex | nearest: nearest embedding row
     record_top: int = 5  # top tokens stored per revised position
     # execution
     revise_batch: int = 8  # failed rollouts revised together (one padded batch)
@@ -90,6 +106,35 @@ class ReviseConfig:
     grad_checkpointing: bool | None = None  # None: on for CUDA, off for CPU
     eval_final: bool = True  # one extra forward so the loss curves have K+1 points
     keep_best: bool = True  # return the iterate with the lowest objective among 0..K, not the K-th (see docstring)
+
+    def __post_init__(self) -> None:
+        # flat configs inherit from several dataclasses and only the first __post_init__ in the MRO runs:
+        # pass the call on so that a later base's checks are not skipped
+        getattr(super(), "__post_init__", lambda: None)()
+        check_choices(self)
+        name = type(self).__name__
+        at_least = lambda v, lo: v is None or v >= lo  # None: the optional limit is off
+        rules = (
+            ("fw_steps", self.fw_steps >= 0, ">= 0"),
+            ("prefix_frac", 0 < self.prefix_frac <= 1, "in (0, 1]"),
+            ("prefix_min_tokens", self.prefix_min_tokens >= 1, ">= 1"),
+            ("prefix_max_tokens", at_least(self.prefix_max_tokens, self.prefix_min_tokens),
+             ">= prefix_min_tokens or None"),
+            ("prefix_len", at_least(self.prefix_len, 1), ">= 1 or None"),
+            ("revise_last", at_least(self.revise_last, 1), ">= 1 or None"),
+            ("step_const", 0 < self.step_const <= 1, "in (0, 1]"),
+            ("line_search_grid", len(self.line_search_grid) > 0 and all(0 < g <= 1 for g in self.line_search_grid),
+             "non-empty, each in (0, 1]"),
+            ("away_weight", self.away_weight >= 0, ">= 0"),
+            ("away_clip", self.away_clip > 0, "> 0"),
+            ("away_max_tokens", at_least(self.away_max_tokens, 1), ">= 1 or None"),
+            ("oracle_chunk", self.oracle_chunk >= 1, ">= 1"),
+            ("record_top", self.record_top >= 0, ">= 0"),
+            ("revise_batch", self.revise_batch >= 1, ">= 1"),
+        )
+        bad = [f"{f} must be {need}, got {getattr(self, f)!r}" for f, ok, need in rules if not ok]
+        if bad:
+            raise ValueError(f"{name}: " + "; ".join(bad))
 
 
 @dataclass
@@ -249,22 +294,199 @@ def _checkpointed_layers(decoder: torch.nn.Module, enabled: bool) -> Iterator[No
 
 
 # ------------------------------------------------------------------------------------------------
+# one batch's layout: B examples as R rows (B gold rows, then B away rows) sharing the prompt
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class BatchLayout:
+    """The padded tensors of one batch. Row r belongs to example r % B; its new part (after the
+    left-padded prompt) is [Z_b (L_b positions) ; suffix], right-padded to T_new."""
+
+    prefix_lens: list[int]  # L per example
+    starts: list[int]  # first revised position per example (L - M, or 0)
+    golds: list[list[int]]  # the gold statement's ids per example
+    suffixes: list[list[int]]  # per row: the gold statements, then (use_away) the failed continuations
+    use_away: bool
+    x_ids: torch.Tensor  # [B, Tx] left-padded prompts
+    x_mask: torch.Tensor  # [B, Tx]
+    pos_x: torch.Tensor  # [B, Tx] the prompts' position ids
+    rows_b: torch.Tensor  # [R] each row's example
+    tok: torch.Tensor  # [R, T_new] the suffix ids (padding over the Z positions)
+    is_z: torch.Tensor  # [R, T_new] True at the Z positions
+    pos_new: torch.Tensor  # [R, T_new] position ids, continuing each row's prompt
+    attn: torch.Tensor  # [R, Tx + T_new]
+    tgt_row: torch.Tensor  # [N] per loss target: its row,
+    tgt_pos: torch.Tensor  # [N] the position whose hidden state predicts it,
+    tgt_tok: torch.Tensor  # [N] and the token
+    n_tgt: torch.Tensor  # [R] float: targets per row
+    p_ids: torch.Tensor  # [B, Lmax] the prefixes, padded
+    active: torch.Tensor  # [B, Lmax] bool: the revised positions
+
+    @property
+    def B(self) -> int:
+        return len(self.prefix_lens)
+
+    @property
+    def R(self) -> int:
+        return len(self.suffixes)
+
+    @property
+    def Lmax(self) -> int:
+        return self.p_ids.shape[1]
+
+    @property
+    def T_new(self) -> int:
+        return self.tok.shape[1]
+
+
+def _left_padded(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, max len] ids and attention mask, padded on the left (the prompts end where Z starts)."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, T - len(s):] = torch.tensor(s)
+        mask[b, T - len(s):] = 1
+    return ids, mask
+
+
+def batch_layout(items: Sequence[ReviseItem], cfg: ReviseConfig, tokenizer: Any, template: str | None,
+                 dev: torch.device) -> BatchLayout:
+    """The rows, loss targets, masks and revised positions of one batch (see `BatchLayout`)."""
+    B = len(items)
+    Ls = [prefix_length(len(it.rollout_ids), cfg) for it in items]
+    starts = [0 if cfg.revise_last is None else max(0, L - cfg.revise_last) for L in Ls]
+    golds = [tokenizer(gold_text(it.gold, cfg, template), add_special_tokens=False).input_ids for it in items]
+    aways = [it.rollout_ids[L:][: cfg.away_max_tokens] for it, L in zip(items, Ls)]  # [:None] keeps all
+    use_away = cfg.loss_terms == "away" or (cfg.loss_terms == "both" and cfg.away_weight > 0)
+    suffixes = golds + (aways if use_away else [])
+    R, Lmax = len(suffixes), max(Ls)
+    row_L = [Ls[r % B] for r in range(R)]
+    T_new = max(L + len(s) for L, s in zip(row_L, suffixes))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    x_ids, x_mask = _left_padded([it.prompt_ids for it in items], pad)
+    x_ids, x_mask = x_ids.to(dev), x_mask.to(dev)
+    rows_b = torch.arange(R, device=dev) % B
+    tok = torch.full((R, T_new), pad, dtype=torch.long)
+    new_mask = torch.zeros((R, T_new), dtype=torch.long)
+    tgt_row, tgt_pos, tgt_tok = [], [], []
+    for r, (L, s) in enumerate(zip(row_L, suffixes)):
+        tok[r, L:L + len(s)] = torch.tensor(s, dtype=torch.long)
+        new_mask[r, : L + len(s)] = 1
+        tgt_row += [r] * len(s)
+        tgt_pos += list(range(L - 1, L - 1 + len(s)))  # the hidden state that predicts each suffix token
+        tgt_tok += s
+    tok, new_mask = tok.to(dev), new_mask.to(dev)
+    tgt_row_t = torch.tensor(tgt_row, device=dev)
+    p_ids = torch.full((B, Lmax), pad, dtype=torch.long)
+    for b, (it, L) in enumerate(zip(items, Ls)):
+        p_ids[b, :L] = torch.tensor(it.rollout_ids[:L])
+    ar = torch.arange(Lmax, device=dev)[None, :]
+    return BatchLayout(
+        prefix_lens=Ls, starts=starts, golds=golds, suffixes=suffixes, use_away=use_away,
+        x_ids=x_ids, x_mask=x_mask, pos_x=(x_mask.cumsum(-1) - 1).clamp(min=0), rows_b=rows_b, tok=tok,
+        is_z=torch.arange(T_new, device=dev)[None, :] < torch.tensor(row_L, device=dev)[:, None],
+        pos_new=x_mask.sum(-1)[rows_b, None] + torch.arange(T_new, device=dev)[None, :],
+        attn=torch.cat([x_mask[rows_b], new_mask], dim=1),
+        tgt_row=tgt_row_t, tgt_pos=torch.tensor(tgt_pos, device=dev), tgt_tok=torch.tensor(tgt_tok, device=dev),
+        n_tgt=torch.zeros(R, device=dev).index_add_(0, tgt_row_t, torch.ones(len(tgt_row), device=dev)),
+        p_ids=p_ids.to(dev),
+        active=(ar < torch.tensor(Ls, device=dev)[:, None]) & (ar >= torch.tensor(starts, device=dev)[:, None]),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# the Frank-Wolfe state and its update (no model: testable on hand-made tensors)
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class FWState:
+    """A batch's iterate and its exact representation as sparse convex weights over vertices."""
+
+    Z: torch.Tensor  # [B, Lmax, H] float32
+    vids: torch.Tensor  # [B, Lmax, K+1] long: vertex ids; slots from n_used on are unused (weight 0)
+    vw: torch.Tensor  # [B, Lmax, K+1] float32: their weights, each row on the simplex
+    n_used: torch.Tensor  # [B, Lmax] long: slots in use
+
+
+def initial_state(p_ids: torch.Tensor, E: torch.Tensor, K: int) -> FWState:
+    """The unrevised prefix: each position is its own token's vertex at weight 1, with room for K more."""
+    B, Lmax = p_ids.shape
+    vids = torch.zeros((B, Lmax, K + 1), dtype=torch.long, device=p_ids.device)
+    vids[..., 0] = p_ids
+    vw = torch.zeros((B, Lmax, K + 1), dtype=torch.float32, device=p_ids.device)
+    vw[..., 0] = 1.0
+    n_used = torch.ones((B, Lmax), dtype=torch.long, device=p_ids.device)
+    return FWState(E[p_ids].float(), vids, vw, n_used)
+
+
+def fw_update(state: FWState, s: torch.Tensor, gamma: torch.Tensor, active: torch.Tensor,
+              E: torch.Tensor) -> FWState:
+    """z_i <- (1 - g_b) z_i + g_b e_{s_i} at the active positions, the weights updated to match.
+
+    s [B, Lmax]: the oracle's vertices; gamma [B]: the step size per example; active [B, Lmax] bool;
+    E [V, H]. A vertex already used at a position gets its weight raised (one slot per vertex), a new
+    one takes the next free slot; inactive positions come back unchanged (their step is 0)."""
+    n_slots = state.vids.shape[-1]
+    g = gamma[:, None] * active  # [B, Lmax]
+    Z = (1 - g)[..., None] * state.Z + g[..., None] * E[s].float()
+    vw = state.vw * (1 - g)[..., None]
+    match = (state.vids == s[..., None]) & (torch.arange(n_slots, device=s.device) < state.n_used[..., None])
+    vw = vw + match * g[..., None]
+    new = ~match.any(-1) & active
+    # K steps add at most K vertices to the K+1 slots; the clamp only keeps one_hot in range
+    new_slot = F.one_hot(state.n_used.clamp(max=n_slots - 1), n_slots).bool() & new[..., None]
+    vids = torch.where(new_slot, s[..., None], state.vids)
+    vw = vw + new_slot * g[..., None]
+    return FWState(Z, vids, vw, state.n_used + new.long())
+
+
+@dataclass
+class Best:
+    """keep_best: per example, the lowest objective seen, at which iterate, and that iterate's state."""
+
+    total: torch.Tensor  # [B]
+    step: torch.Tensor  # [B] long
+    state: FWState
+
+
+def keep_if_better(best: Best, k: int, total: torch.Tensor, state: FWState) -> Best:
+    """`best` with the examples whose objective at iterate k (`total`, of `state`) is lower replaced."""
+    better = total.detach() < best.total
+    pick = lambda cur, old: torch.where(better.view(-1, *[1] * (cur.dim() - 1)), cur, old)
+    kept = FWState(pick(state.Z, best.state.Z), pick(state.vids, best.state.vids), pick(state.vw, best.state.vw),
+                   pick(state.n_used, best.state.n_used))
+    return Best(torch.where(better, total.detach(), best.total),
+                torch.where(better, torch.full_like(best.step, k), best.step), kept)
+
+
+@dataclass
+class _Trace:
+    """What the descent records for the results, per example."""
+
+    gold: list[list[float]] = field(default_factory=list)  # per evaluated iterate
+    away: list[list[float]] = field(default_factory=list)  # nan without the away term
+    gammas: list[list[float]] = field(default_factory=list)  # per step
+    oracle: list[torch.Tensor] = field(default_factory=list)  # per step, [B, Lmax]
+
+    def losses(self, gold: torch.Tensor, away: torch.Tensor) -> None:
+        self.gold.append(gold.detach().tolist())
+        self.away.append(away.detach().tolist())
+
+
+# ------------------------------------------------------------------------------------------------
 # the reviser
 # ------------------------------------------------------------------------------------------------
+
+Objective = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
 
 class Reviser:
     """Revises batches of failed rollouts with a frozen causal LM (Hugging Face, decoder + lm_head)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: ReviseConfig = ReviseConfig(),
                  template: str | None = None):
-        if cfg.away_form not in ("unlikelihood", "clipped-nll"):
-            raise ValueError(f"away_form must be unlikelihood or clipped-nll, got {cfg.away_form!r}")
-        if cfg.step_rule not in ("harmonic", "const", "line-search"):
-            raise ValueError(f"step_rule must be harmonic, const or line-search, got {cfg.step_rule!r}")
-        if cfg.discretize not in ("max-weight", "nearest"):
-            raise ValueError(f"discretize must be max-weight or nearest, got {cfg.discretize!r}")
-        if cfg.loss_terms not in ("both", "gold", "away"):
-            raise ValueError(f"loss_terms must be both, gold or away, got {cfg.loss_terms!r}")
         self.model, self.tokenizer, self.cfg, self.template = model, tokenizer, cfg, template
         self.decoder = getattr(model, model.base_model_prefix)
         self.lm_head = model.get_output_embeddings()
@@ -282,7 +504,9 @@ class Reviser:
         self.oracle_dtype = torch.float32 if cfg.oracle_dtype == "float32" else self.E.dtype
 
     def fte(self, prompt_len: int, n_revised: int, row_tokens: int, n_rows: int, n_line_search: int = 0) -> float:
-        """Forward-token equivalents of revising one rollout (module docstring); row_tokens = its rows' Z+suffix tokens."""
+        """Forward-token equivalents of revising one rollout (module docstring).
+
+        row_tokens: the Z + suffix tokens of its rows; n_line_search: its line-search forwards."""
         cfg, K = self.cfg, self.cfg.fw_steps
         bwd = 3 if self.checkpointing else 2
         V, H = self.E.shape
@@ -314,212 +538,152 @@ class Reviser:
         return torch.autocast("cpu", enabled=False)
 
     def _revise_batch(self, items: list[ReviseItem]) -> list[ReviseResult]:
-        cfg, dev, E = self.cfg, self.device, self.E
-        K, B, H = cfg.fw_steps, len(items), E.shape[1]
         t0 = time.perf_counter()
         if self.cuda:
-            torch.cuda.reset_peak_memory_stats(dev)
-        Ls = [prefix_length(len(it.rollout_ids), cfg) for it in items]
-        starts = [0 if cfg.revise_last is None else max(0, L - cfg.revise_last) for L in Ls]
-        golds = [self.tokenizer(gold_text(it.gold, cfg, self.template), add_special_tokens=False).input_ids
-                 for it in items]
-        aways = [it.rollout_ids[L:] for it, L in zip(items, Ls)]
-        if cfg.away_max_tokens is not None:
-            aways = [a[: cfg.away_max_tokens] for a in aways]
-        use_away = cfg.loss_terms == "away" or (cfg.loss_terms == "both" and cfg.away_weight > 0)
-        suffixes = golds + (aways if use_away else [])
-        R = len(suffixes)  # rows: B gold rows, then B away rows
-        Lmax = max(Ls)
-        T_new = max(Ls[r % B] + len(s) for r, s in enumerate(suffixes))
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            torch.cuda.reset_peak_memory_stats(self.device)
+        lay = batch_layout(items, self.cfg, self.tokenizer, self.template, self.device)
+        prompt_cache, x_embeds = self._prefill(lay)
+        state, best, trace = self._descend(lay, lambda Zc: self._objective(lay, prompt_cache, x_embeds, Zc))
+        disc = self._discretize(lay, state)
+        wall = time.perf_counter() - t0
+        return self._pack(items, lay, state, disc, trace, best, wall, self._peak_mem_mb())
 
-        # prompt: left-padded, run once, its cache shared by all rows and steps
-        Tx = max(len(it.prompt_ids) for it in items)
-        x_ids = torch.full((B, Tx), pad, dtype=torch.long)
-        x_mask = torch.zeros((B, Tx), dtype=torch.long)
-        for b, it in enumerate(items):
-            x_ids[b, Tx - len(it.prompt_ids):] = torch.tensor(it.prompt_ids)
-            x_mask[b, Tx - len(it.prompt_ids):] = 1
-        x_ids, x_mask = x_ids.to(dev), x_mask.to(dev)
-        x_len = x_mask.sum(-1)  # [B]
-        rows_b = torch.arange(R, device=dev) % B
-
-        # new part of each row: [Z_b (L_b positions) ; suffix], right-padded to T_new
-        tok = torch.full((R, T_new), pad, dtype=torch.long)
-        new_mask = torch.zeros((R, T_new), dtype=torch.long)
-        tgt_row, tgt_pos, tgt_tok = [], [], []
-        for r, s in enumerate(suffixes):
-            L = Ls[r % B]
-            tok[r, L:L + len(s)] = torch.tensor(s, dtype=torch.long)
-            new_mask[r, : L + len(s)] = 1
-            tgt_row += [r] * len(s)
-            tgt_pos += list(range(L - 1, L - 1 + len(s)))  # hidden state that predicts each suffix token
-            tgt_tok += s
-        tok, new_mask = tok.to(dev), new_mask.to(dev)
-        tgt_row_t, tgt_pos_t = torch.tensor(tgt_row, device=dev), torch.tensor(tgt_pos, device=dev)
-        tgt_tok_t = torch.tensor(tgt_tok, device=dev)
-        is_z = (torch.arange(T_new, device=dev)[None, :] < torch.tensor([Ls[r % B] for r in range(R)], device=dev)[:, None])
-        pos_new = x_len[rows_b, None] + torch.arange(T_new, device=dev)[None, :]
-        attn = torch.cat([x_mask[rows_b], new_mask], dim=1)
-        n_tgt = torch.zeros(R, device=dev).index_add_(0, tgt_row_t, torch.ones(len(tgt_row), device=dev))
-
-        # Frank-Wolfe state: sparse convex weights over at most K+1 vertices per position
-        p_ids = torch.full((B, Lmax), pad, dtype=torch.long)
-        for b, (it, L) in enumerate(zip(items, Ls)):
-            p_ids[b, :L] = torch.tensor(it.rollout_ids[:L])
-        p_ids = p_ids.to(dev)
-        ar = torch.arange(Lmax, device=dev)[None, :]
-        Ls_t = torch.tensor(Ls, device=dev)[:, None]
-        active = (ar < Ls_t) & (ar >= torch.tensor(starts, device=dev)[:, None])  # [B, Lmax]
-        vids = torch.zeros((B, Lmax, K + 1), dtype=torch.long, device=dev)
-        vids[..., 0] = p_ids
-        vw = torch.zeros((B, Lmax, K + 1), dtype=torch.float32, device=dev)
-        vw[..., 0] = 1.0
-        n_used = torch.ones((B, Lmax), dtype=torch.long, device=dev)
-        Z = E[p_ids].float()  # [B, Lmax, H], kept in sync with the weights by the FW update
-        emb_norm = E[self.allowed].float().norm(dim=-1).mean()  # step scale of the hull=False ablation
-
+    def _prefill(self, lay: BatchLayout) -> tuple[Any, torch.Tensor]:
+        """The prompts' read-only KV cache, one copy per row (None without reuse_prompt_cache), and embeddings."""
         with torch.no_grad(), self._autocast():
-            prompt_cache = None
-            if cfg.reuse_prompt_cache:
-                from transformers import DynamicCache
+            x_embeds = self.E[lay.x_ids]
+            if not self.cfg.reuse_prompt_cache:
+                return None, x_embeds
+            from transformers import DynamicCache
 
-                pos_x = (x_mask.cumsum(-1) - 1).clamp(min=0)
-                try:
-                    cache = DynamicCache(config=self.model.config)
-                except TypeError:  # older transformers
-                    cache = DynamicCache()
-                out = self.decoder(input_ids=x_ids, attention_mask=x_mask, position_ids=pos_x,
-                                   past_key_values=cache, use_cache=True)
-                prompt_cache = out.past_key_values
-                # rows share their example's prompt: repeat the cache along the batch (gold, away)
-                if R != B:
-                    for layer in prompt_cache.layers:
-                        layer.keys, layer.values = layer.keys[rows_b], layer.values[rows_b]
-                prompt_cache = _frozen_prefix_cache(prompt_cache)
-            x_embeds = E[x_ids]
+            try:
+                kv = DynamicCache(config=self.model.config)
+            except TypeError:  # older transformers
+                kv = DynamicCache()
+            kv = self.decoder(input_ids=lay.x_ids, attention_mask=lay.x_mask, position_ids=lay.pos_x,
+                              past_key_values=kv, use_cache=True).past_key_values
+            if lay.R != lay.B:  # the gold and away rows of an example share its prompt
+                for layer in kv.layers:
+                    layer.keys, layer.values = layer.keys[lay.rows_b], layer.values[lay.rows_b]
+            return _frozen_prefix_cache(kv), x_embeds
 
-        def objective(Zc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            """Per-example (total, gold, away) at iterate Zc [B, Lmax, H]."""
-            base = E[tok]  # [R, T_new, H]
-            Zrows = Zc[rows_b].to(base.dtype)
-            if T_new > Lmax:
-                Zrows = F.pad(Zrows, (0, 0, 0, T_new - Lmax))
-            emb = torch.where(is_z[..., None], Zrows[:, :T_new], base)
-            if prompt_cache is not None:
-                hidden = self.decoder(inputs_embeds=emb, attention_mask=attn, position_ids=pos_new,
-                                      past_key_values=prompt_cache, use_cache=True).last_hidden_state
-            else:
-                full = torch.cat([x_embeds[rows_b], emb], dim=1)
-                pos = torch.cat([(x_mask.cumsum(-1) - 1).clamp(min=0)[rows_b], pos_new], dim=1)
-                hidden = self.decoder(inputs_embeds=full, attention_mask=attn, position_ids=pos,
-                                      use_cache=False).last_hidden_state[:, Tx:]
-            logits = self.lm_head(hidden[tgt_row_t, tgt_pos_t]).float()
-            logp = torch.log_softmax(logits, dim=-1).gather(-1, tgt_tok_t[:, None]).squeeze(-1)
-            row_sum = lambda v: torch.zeros(R, device=dev, dtype=v.dtype).index_add_(0, tgt_row_t, v)
-            gold = (row_sum(-logp) / n_tgt)[:B]
-            if not use_away:
-                return gold, gold, torch.full_like(gold, float("nan"))
-            if cfg.away_form == "unlikelihood":
-                ul = -torch.log1p(-logp.exp().clamp(max=1 - 1e-6))
-                away = (row_sum(ul) / n_tgt)[B:]
-            else:
-                away = -torch.clamp((row_sum(-logp) / n_tgt)[B:], max=cfg.away_clip)
-            if cfg.loss_terms == "away":
-                return away, gold, away
-            return gold + cfg.away_weight * away, gold, away
+    def _objective(self, lay: BatchLayout, prompt_cache: Any, x_embeds: torch.Tensor,
+                   Zc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-example (total, gold, away) at iterate Zc [B, Lmax, H]; away is nan without the away term."""
+        cfg, B, R, T_new = self.cfg, lay.B, lay.R, lay.T_new
+        base = self.E[lay.tok]  # [R, T_new, H]
+        Zrows = Zc[lay.rows_b].to(base.dtype)
+        if T_new > lay.Lmax:
+            Zrows = F.pad(Zrows, (0, 0, 0, T_new - lay.Lmax))
+        emb = torch.where(lay.is_z[..., None], Zrows[:, :T_new], base)
+        if prompt_cache is not None:
+            hidden = self.decoder(inputs_embeds=emb, attention_mask=lay.attn, position_ids=lay.pos_new,
+                                  past_key_values=prompt_cache, use_cache=True).last_hidden_state
+        else:
+            full = torch.cat([x_embeds[lay.rows_b], emb], dim=1)
+            pos = torch.cat([lay.pos_x[lay.rows_b], lay.pos_new], dim=1)
+            hidden = self.decoder(inputs_embeds=full, attention_mask=lay.attn, position_ids=pos,
+                                  use_cache=False).last_hidden_state[:, lay.x_ids.shape[1]:]
+        logits = self.lm_head(hidden[lay.tgt_row, lay.tgt_pos]).float()
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, lay.tgt_tok[:, None]).squeeze(-1)
+        row_mean = lambda v: torch.zeros(R, device=v.device, dtype=v.dtype).index_add_(0, lay.tgt_row, v) / lay.n_tgt
+        gold = row_mean(-logp)[:B]
+        if not lay.use_away:
+            return gold, gold, torch.full_like(gold, float("nan"))
+        if cfg.away_form == "unlikelihood":
+            away = row_mean(-torch.log1p(-logp.exp().clamp(max=1 - 1e-6)))[B:]
+        else:
+            away = -torch.clamp(row_mean(-logp)[B:], max=cfg.away_clip)
+        if cfg.loss_terms == "away":
+            return away, gold, away
+        return gold + cfg.away_weight * away, gold, away
 
-        gold_curve: list[list[float]] = []
-        away_curve: list[list[float]] = []
-        gammas: list[float | list[float]] = []
-        oracle_hist: list[torch.Tensor] = []
-        n_ls = 0
-        kept = {"total": torch.full((B,), math.inf, device=dev), "step": torch.zeros(B, dtype=torch.long, device=dev),
-                "Z": Z.clone(), "vids": vids.clone(), "vw": vw.clone()}
-
-        def keep_if_best(k: int, total: torch.Tensor) -> None:
-            if not cfg.keep_best:  # the K-th iterate is returned: nothing to keep
-                return
-            better = total.detach() < kept["total"]
-            kept["total"] = torch.where(better, total.detach(), kept["total"])
-            kept["step"] = torch.where(better, torch.full_like(kept["step"], k), kept["step"])
-            for name, cur in (("Z", Z), ("vids", vids), ("vw", vw)):
-                kept[name] = torch.where(better.view(-1, *[1] * (cur.dim() - 1)), cur, kept[name])
-
+    def _descend(self, lay: BatchLayout, objective: Objective) -> tuple[FWState, Best, _Trace]:
+        """K Frank-Wolfe steps from the unrevised prefix: the returned state (the best one with keep_best)."""
+        cfg, K, B = self.cfg, self.cfg.fw_steps, lay.B
+        state = initial_state(lay.p_ids, self.E, K)
+        best = Best(torch.full((B,), math.inf, device=self.device),
+                    torch.zeros(B, dtype=torch.long, device=self.device), state)
+        trace = _Trace()
+        emb_norm = self.E[self.allowed].float().norm(dim=-1).mean()  # step scale of the hull=False ablation
         with self._autocast(), _checkpointed_layers(self.decoder, self.checkpointing):
             for k in range(K):
-                Zv = Z.detach().requires_grad_(True)
+                Zv = state.Z.detach().requires_grad_(True)
                 total, gold, away = objective(Zv)
                 (G,) = torch.autograd.grad(total.sum(), Zv)
-                keep_if_best(k, total)
-                gold_curve.append(gold.detach().tolist())
-                away_curve.append(away.detach().tolist())
+                if cfg.keep_best:
+                    best = keep_if_better(best, k, total, state)
+                trace.losses(gold, away)
                 with torch.no_grad():
-                    s = torch.zeros((B, Lmax), dtype=torch.long, device=dev)
-                    s[active] = lmo(G[active], E, cfg.oracle_chunk, self.allowed, self.oracle_dtype)
-                    oracle_hist.append(s.clone())
-                    e_s = E[s].float()
-                    if cfg.step_rule == "line-search":
-                        best = torch.full((B,), math.inf, device=dev)
-                        g_b = torch.zeros(B, device=dev)
-                        for gamma in cfg.line_search_grid:
-                            cand = torch.where(active[..., None], (1 - gamma) * Z + gamma * e_s, Z)
-                            val = objective(cand)[0]
-                            better = val < best
-                            best, g_b = torch.where(better, val, best), torch.where(better, torch.full_like(g_b, gamma), g_b)
-                        n_ls += len(cfg.line_search_grid)
-                    else:
-                        g_b = torch.full((B,), step_size(k, cfg), device=dev)
-                    gammas.append(g_b.tolist())
-                    g = g_b[:, None] * active  # [B, Lmax]
-                    if not cfg.hull:  # ablation: leave the hull; the weights keep describing p only
+                    s = torch.zeros((B, lay.Lmax), dtype=torch.long, device=self.device)
+                    s[lay.active] = lmo(G[lay.active], self.E, cfg.oracle_chunk, self.allowed, self.oracle_dtype)
+                    gamma = self._step_sizes(k, state.Z, s, lay.active, objective)
+                    trace.oracle.append(s)
+                    trace.gammas.append(gamma.tolist())
+                    if cfg.hull:
+                        state = fw_update(state, s, gamma, lay.active, self.E)
+                    else:  # ablation: leave the hull; the weights keep describing p only
                         step = G / G.norm(dim=-1, keepdim=True).clamp(min=1e-12) * emb_norm
-                        Z = Z - g[..., None] * step
-                        continue
-                    Z = (1 - g)[..., None] * Z + g[..., None] * e_s
-                    vw = vw * (1 - g)[..., None]
-                    slots = torch.arange(K + 1, device=dev)
-                    match = (vids == s[..., None]) & (slots < n_used[..., None])
-                    has = match.any(-1)
-                    vw = vw + match * g[..., None]
-                    new = (~has & active)
-                    new_slot = F.one_hot(n_used.clamp(max=K), K + 1).bool() & new[..., None]
-                    vids = torch.where(new_slot, s[..., None], vids)
-                    vw = vw + new_slot * g[..., None]
-                    n_used = n_used + new.long()
+                        g = gamma[:, None] * lay.active
+                        state = FWState(state.Z - g[..., None] * step, state.vids, state.vw, state.n_used)
             if cfg.eval_final:
                 with torch.no_grad():
-                    total, gold, away = objective(Z)
-                    keep_if_best(K, total)
-                    gold_curve.append(gold.tolist())
-                    away_curve.append(away.tolist())
-            if cfg.keep_best:
-                Z, vids, vw = kept["Z"], kept["vids"], kept["vw"]
+                    total, gold, away = objective(state.Z)
+                    if cfg.keep_best:
+                        best = keep_if_better(best, K, total, state)
+                    trace.losses(gold, away)
+        return (best.state if cfg.keep_best else state), best, trace
 
+    def _step_sizes(self, k: int, Z: torch.Tensor, s: torch.Tensor, active: torch.Tensor,
+                    objective: Objective) -> torch.Tensor:
+        """[B] step sizes of step k: the closed-form rule, or per example the best of the line-search grid."""
+        cfg, B = self.cfg, Z.shape[0]
+        if cfg.step_rule != "line-search":
+            return torch.full((B,), step_size(k, cfg), device=Z.device)
+        e_s = self.E[s].float()
+        best = torch.full((B,), math.inf, device=Z.device)
+        g_b = torch.zeros(B, device=Z.device)
+        for gamma in cfg.line_search_grid:
+            val = objective(torch.where(active[..., None], (1 - gamma) * Z + gamma * e_s, Z))[0]
+            better = val < best
+            best, g_b = torch.where(better, val, best), torch.where(better, torch.full_like(g_b, gamma), g_b)
+        return g_b
+
+    def _discretize(self, lay: BatchLayout, state: FWState) -> torch.Tensor:
+        """p' [B, Lmax]: per revised position the heaviest vertex, or the nearest embedding row."""
+        cfg = self.cfg
         with torch.no_grad():
             if cfg.discretize == "max-weight" and cfg.hull:
-                disc = vids.gather(-1, vw.argmax(-1, keepdim=True)).squeeze(-1)
-            else:
-                disc = p_ids.clone()
-                disc[active] = nearest_tokens(Z[active], E, cfg.oracle_chunk, self.allowed)
-        wall = time.perf_counter() - t0
-        peak = (torch.cuda.max_memory_allocated(dev) / 2**20) if self.cuda \
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # CPU: process peak RSS
+                return state.vids.gather(-1, state.vw.argmax(-1, keepdim=True)).squeeze(-1)
+            disc = lay.p_ids.clone()
+            disc[lay.active] = nearest_tokens(state.Z[lay.active], self.E, cfg.oracle_chunk, self.allowed)
+            return disc
+
+    def _peak_mem_mb(self) -> float:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # CPU: the process's peak RSS
+
+    def _pack(self, items: list[ReviseItem], lay: BatchLayout, state: FWState, disc: torch.Tensor, trace: _Trace,
+              best: Best, wall: float, peak: float) -> list[ReviseResult]:
+        cfg, K, B = self.cfg, self.cfg.fw_steps, lay.B
+        n_ls = K * len(cfg.line_search_grid) if cfg.step_rule == "line-search" else 0  # forwards per example
         results = []
-        for b, (it, L) in enumerate(zip(items, Ls)):
-            row_tokens = sum(Ls[b] + len(suffixes[r]) for r in range(R) if r % B == b)
-            fte = self.fte(len(it.prompt_ids), L - starts[b], row_tokens, R // B, n_ls)
-            x_e = E[torch.tensor(it.prompt_ids, device=dev)].float()
+        for b, it in enumerate(items):
+            L, start = lay.prefix_lens[b], lay.starts[b]
+            row_tokens = sum(L + len(lay.suffixes[r]) for r in range(b, lay.R, B))
+            x_e = self.E[torch.tensor(it.prompt_ids, device=self.device)].float()
             results.append(ReviseResult(
-                item=it, prefix_len=L, revise_start=starts[b], prefix_ids=list(it.rollout_ids[:L]),
-                discrete_ids=disc[b, :L].tolist(), vertex_ids=vids[b, :L].cpu(),
-                vertex_weights=vw[b, :L].cpu(), iterate=Z[b, :L].cpu(),
-                gold_loss=[step[b] for step in gold_curve],
-                away_loss=[None if math.isnan(step[b]) else step[b] for step in away_curve],
-                gammas=[gm[b] for gm in gammas],
-                oracle_ids=[h[b, starts[b]:L].tolist() for h in oracle_hist],
-                prompt_embeds=torch.cat([x_e, Z[b, :L]], dim=0).cpu(),
-                fte=float(fte), wall_s=wall / B, peak_mem_mb=float(peak), gold_ids=golds[b],
-                best_step=int(kept["step"][b]) if cfg.keep_best else K,
+                item=it, prefix_len=L, revise_start=start, prefix_ids=list(it.rollout_ids[:L]),
+                discrete_ids=disc[b, :L].tolist(), vertex_ids=state.vids[b, :L].cpu(),
+                vertex_weights=state.vw[b, :L].cpu(), iterate=state.Z[b, :L].cpu(),
+                gold_loss=[step[b] for step in trace.gold],
+                away_loss=[None if math.isnan(step[b]) else step[b] for step in trace.away],
+                gammas=[gm[b] for gm in trace.gammas],
+                oracle_ids=[h[b, start:L].tolist() for h in trace.oracle],
+                prompt_embeds=torch.cat([x_e, state.Z[b, :L]], dim=0).cpu(),
+                fte=float(self.fte(len(it.prompt_ids), L - start, row_tokens, lay.R // B, n_ls)),
+                wall_s=wall / B, peak_mem_mb=float(peak), gold_ids=lay.golds[b],
+                best_step=int(best.step[b]) if cfg.keep_best else K,
             ))
         return results
