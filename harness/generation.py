@@ -8,6 +8,10 @@ seed (`seeds[i]`, default `sampling.seed + i`), so a problem's samples do not de
 other problems share the batch: resumed evaluations and reruns reproduce the same tokens on
 the same backend. Callers that resume pass stable per-problem seeds (`stable_seed`).
 
+Which engine: `GeneratorFactory(backend, settings, seed, device)` is the one place that chooses
+vLLM or transformers ("auto": vLLM when installed); calling it with a model path builds the
+generator. Training runs, evaluations, the CLI and the lm-eval bridge all get theirs from it.
+
 Multi-GPU: `VLLMGenerator` forwards vLLM's own `tensor_parallel_size` and `data_parallel_size`;
 there is no scheduler of ours.
 """
@@ -15,9 +19,10 @@ there is no scheduler of ours.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, Sequence, Union
+from typing import Iterable, Literal, Protocol, Sequence, Union
 
 import torch
 
@@ -269,3 +274,39 @@ def _sample_top_p(logits: torch.Tensor, top_p: float, gen: torch.Generator) -> t
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# the one place that picks an engine
+# --------------------------------------------------------------------------------------------
+
+Backend = Literal["auto", "vllm", "hf"]
+
+
+def resolve_backend(backend: str) -> str:
+    """"vllm" or "hf": "auto" is vLLM when it is installed; asking for a missing vLLM is an error."""
+    if backend not in ("auto", "vllm", "hf"):
+        raise ValueError(f"backend must be auto, vllm or hf, got {backend!r}")
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    if backend == "vllm" and not has_vllm:
+        raise ValueError("vLLM is not installed; install it (see README) or use the hf backend")
+    return "vllm" if backend == "vllm" or (backend == "auto" and has_vllm) else "hf"
+
+
+@dataclass(frozen=True)
+class GeneratorFactory:
+    """model path -> Generator, on the backend this factory was made for (vLLM or transformers)."""
+
+    backend: Backend = "auto"
+    settings: VLLMSettings = VLLMSettings()
+    seed: int = 0
+    device: str = "cpu"  # the transformers backend's device
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backend", resolve_backend(self.backend))
+
+    def __call__(self, model: str) -> Generator:
+        if self.backend == "vllm":
+            return VLLMGenerator(model, self.settings, seed=self.seed)
+        return HFGenerator(model, None, device=self.device)
+

@@ -38,11 +38,12 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 
 from benchmarks import Problem
+from harness.config import check_choices, require
 from harness.generation import Sampling, stable_seed
 from harness.method import RunContext, Timer
 
@@ -65,16 +66,23 @@ class GRPOConfig:
     min_lr_ratio: float = 1.0  # 1.0: constant lr after warm-up
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    advantage: str = "grpo"  # grpo | drgrpo | dapo
+    advantage: Literal["grpo", "drgrpo", "dapo"] = "grpo"
     adv_eps: float = 1e-6
     clip_low: float = 0.2  # ratio clipped to [1 - clip_low, 1 + clip_high]
     clip_high: float | None = None  # None: clip_low, or 0.28 under "dapo" (clip-higher)
     kl_coef: float = 0.0  # k3 KL to the base model; 0 = no reference model
     inner_updates: int = 1  # optimizer steps per rollout batch, each on 1/inner_updates of it
     micro_batch_size: int = 16  # sequences per forward/backward
-    store_rollouts: str = "zero_hit"  # zero_hit | all | none
+    store_rollouts: Literal["zero_hit", "all", "none"] = "zero_hit"
     save_every: int = 10  # steps between trainer-state saves (0: never)
     gradient_checkpointing: bool = True  # GPU only
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        require(self.inner_updates >= 1 and self.group_size >= 1 and self.prompts_per_step >= 1,
+                "grpo: inner_updates, group_size and prompts_per_step must be >= 1")
+        if hasattr(super(), "__post_init__"):
+            super().__post_init__()  # the other half of a combined config (lr-grpo)
 
     def clip_range(self) -> tuple[float, float]:
         high = self.clip_high if self.clip_high is not None else (0.28 if self.advantage == "dapo" else self.clip_low)
@@ -168,9 +176,6 @@ class GRPO:
 
     def train(self, base_model: str, prompts: Sequence[Problem], config: GRPOConfig, ctx: RunContext) -> str:
         cfg = self.cfg = config
-        if cfg.store_rollouts not in ("zero_hit", "all", "none"):
-            raise ValueError(f"grpo: store_rollouts must be zero_hit | all | none, got {cfg.store_rollouts!r}")
-        group_advantages(torch.zeros(2), cfg.advantage)  # validates the variant before any work
         total_updates = cfg.steps * cfg.inner_updates
         self.trainer = trainer = Trainer.create(base_model, TrainSettings(
             lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio,

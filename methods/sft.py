@@ -30,11 +30,12 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 
 from benchmarks import Problem
+from harness.config import check_choices, require
 from harness.generation import Sampling, stable_seed
 from harness.method import RunContext
 
@@ -44,7 +45,7 @@ from .registry import register_method
 
 @dataclass
 class SFTConfig:
-    data: str = "reference"  # reference | rft | both
+    data: Literal["reference", "rft", "both"] = "reference"
     epochs: int = 3
     max_steps: int | None = None  # cap on optimizer steps (None: `epochs` over the data)
     batch_size: int = 64  # examples per optimizer step
@@ -65,6 +66,14 @@ class SFTConfig:
     rft_keep_per_prompt: int = 4  # distinct correct rollouts kept per problem
     gradient_checkpointing: bool = True  # GPU only
     save_every: int = 0  # optimizer steps between trainer-state saves (0: never)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        require(self.batch_size % self.micro_batch_size == 0, f"sft: batch_size {self.batch_size} is not a multiple "
+                f"of micro_batch_size {self.micro_batch_size}")
+        require(0 <= self.heldout_frac < 1, f"sft: heldout_frac must be in [0, 1), got {self.heldout_frac}")
+        if hasattr(super(), "__post_init__"):
+            super().__post_init__()  # the other half of a combined config (lr-sft, resample, hint)
 
 
 Example = tuple[str, str, "str | list[int]"]  # (problem id, prompt text, response text or token ids)
@@ -125,11 +134,6 @@ class SFT:
     # ---- training --------------------------------------------------------------------------
     def train(self, base_model: str, prompts: Sequence[Problem], config: SFTConfig, ctx: RunContext) -> str:
         cfg = config
-        if cfg.data not in ("reference", "rft", "both"):
-            raise ValueError(f"sft: data must be reference | rft | both, got {cfg.data!r}")
-        if cfg.batch_size % cfg.micro_batch_size:
-            raise ValueError(f"sft: batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
-                             f"{cfg.micro_batch_size}")
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(base_model)

@@ -85,7 +85,7 @@ def eval_cmd(
 ) -> None:
     """Evaluate a model on benchmarks; every sample and verdict goes to results.db (resumable)."""
     from harness.evaluate import evaluate_model
-    from harness.generation import HFGenerator, VLLMGenerator, VLLMSettings
+    from harness.generation import GeneratorFactory, VLLMSettings
     from harness.prompts import TEMPLATES
     from harness.protocol import EvalProtocol
     from harness.store import finish_run, get_or_create_run, open_db
@@ -103,11 +103,11 @@ def eval_cmd(
     settings = VLLMSettings(dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                             data_parallel_size=data_parallel_size, max_model_len=max_model_len)
 
+    engines = GeneratorFactory(backend, settings, seed=seed)
+
     def make_generator(path: str):
         try:
-            if backend == "hf":
-                return HFGenerator(path, None)
-            return VLLMGenerator(path, settings, seed=seed)
+            return engines(path)
         except Exception as e:  # a hub id that is not reachable, a broken checkpoint, ...
             raise typer.BadParameter(f"could not load model {path!r} with {backend}: {type(e).__name__}: {e}") from e
 

@@ -11,18 +11,16 @@ set, template, seed), so its hash decides reuse. Checkpoints go to `<runs dir>/<
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import traceback
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from benchmarks import Problem, load_benchmark
-from harness.generation import Generator, HFGenerator, VLLMGenerator
+from harness.generation import GeneratorFactory
 from harness.method import Budget, RunContext
 from harness.store import Run, finish_run, get_or_create_run, session_scope
 from methods.registry import build_config, get_method
@@ -60,20 +58,9 @@ def load_train_prompts(preset: Preset, data_dir: str | None = None) -> list[Prob
     return problems[: preset.train_limit] if preset.train_limit else problems
 
 
-def generator_factory(preset: Preset, backend: str = "auto"):
-    """model path -> Generator. vLLM when installed (the real engine), else transformers."""
-    use_vllm = backend == "vllm" or (backend == "auto" and importlib.util.find_spec("vllm") is not None)
-    if use_vllm:
-        return partial(_vllm, preset=preset)
-    return partial(_hf, device=preset.device)
-
-
-def _vllm(model: str, preset: Preset) -> Generator:
-    return VLLMGenerator(model, preset.vllm, seed=preset.seed)
-
-
-def _hf(model: str, device: str) -> Generator:
-    return HFGenerator(model, None, device=device)
+def generator_factory(preset: Preset, backend: str = "auto") -> GeneratorFactory:
+    """The preset's engine: vLLM when installed (the real engine), else transformers."""
+    return GeneratorFactory(backend, preset.vllm, seed=preset.seed, device=preset.device)
 
 
 def base_config(preset: Preset) -> dict[str, Any]:

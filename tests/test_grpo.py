@@ -293,12 +293,13 @@ def test_augment_groups_inserts_off_policy_samples(tmp_path, db_url, tiny_model_
     assert len(revised) == 3 and all(x.reward == 1.0 and x.zero_hit_group for x in revised)
 
 
-def test_grpo_rejects_bad_config(tmp_path, db_url, tiny_model_dir):
-    ctx = _ctx(tmp_path, db_url, Counting())
-    with pytest.raises(ValueError, match="unknown advantage variant"):
-        GRPO().train(str(tiny_model_dir), _problems(), GRPOConfig(advantage="ppo"), ctx)
-    with pytest.raises(ValueError, match="store_rollouts"):
-        GRPO().train(str(tiny_model_dir), _problems(), GRPOConfig(store_rollouts="some"), ctx)
+def test_grpo_rejects_bad_config_before_any_work():
+    with pytest.raises(ValueError, match="GRPOConfig.advantage must be one of grpo | drgrpo | dapo, got 'ppo'"):
+        GRPOConfig(advantage="ppo")
+    with pytest.raises(ValueError, match="store_rollouts must be one of zero_hit"):
+        GRPOConfig(store_rollouts="some")
+    with pytest.raises(ValueError, match="inner_updates"):
+        GRPOConfig(inner_updates=0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -140,8 +140,10 @@ def test_sft_errors_name_the_problem(tmp_path, db_url, tiny_model_dir):
 
     with pytest.raises(ValueError, match="problem 'x1' has no meta\\['solution'\\]"):
         SFT().train(str(tiny_model_dir), [Problem("x1", "1+1", "2", {})], SFTConfig(), _ctx(tmp_path, db_url))
-    with pytest.raises(ValueError, match="data must be"):
-        SFT().train(str(tiny_model_dir), _problems(), SFTConfig(data="web"), _ctx(tmp_path, db_url))
+    with pytest.raises(ValueError, match="SFTConfig.data must be one of reference"):
+        SFTConfig(data="web")
+    with pytest.raises(ValueError, match="not a multiple of micro_batch_size"):
+        SFTConfig(batch_size=10, micro_batch_size=4)
 
 
 # ---------------------------------------------------------------------------------------------

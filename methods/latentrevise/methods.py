@@ -28,7 +28,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 
@@ -86,8 +86,8 @@ class LRGRPOConfig(GRPOConfig, LatentReviseConfig):
     revise_every: int = 1  # steps between revisions (0: never, i.e. plain GRPO)
     revise_max_groups: int | None = None  # zero-hit groups revised per step (None: all)
     insert_per_group: int = 2  # r: rescued trajectories inserted per zero-hit group
-    insert_mode: str = "append"  # append | replace
-    off_policy_weighting: str = "const"  # const | policy-prob
+    insert_mode: Literal["append", "replace"] = "append"
+    off_policy_weighting: Literal["const", "policy-prob"] = "const"
     off_policy_weight: float = 1.0
 
 
@@ -98,9 +98,6 @@ class LRGRPO(GRPO):
 
     def augment_groups(self, step: int, groups: list[Group], ctx: RunContext) -> list[Group]:
         cfg: LRGRPOConfig = self.cfg
-        if cfg.insert_mode not in ("append", "replace") or cfg.off_policy_weighting not in ("const", "policy-prob"):
-            raise ValueError(f"lr-grpo: insert_mode append|replace, off_policy_weighting const|policy-prob; got "
-                             f"{cfg.insert_mode!r}, {cfg.off_policy_weighting!r}")
         if cfg.revise_every <= 0 or step % cfg.revise_every:
             return groups
         tok = self.trainer.tokenizer

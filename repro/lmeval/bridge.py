@@ -106,7 +106,7 @@ def crosscheck(benchmark: str, model: str, *, limit: int = 10, template: str = "
     from sqlalchemy import select
 
     from harness.evaluate import evaluate
-    from harness.generation import HFGenerator, VLLMGenerator, VLLMSettings
+    from harness.generation import GeneratorFactory, VLLMSettings
     from harness.grading import Grader
     from harness.protocol import EvalProtocol
     from harness.store import Evaluation, Sample, finish_run, get_or_create_run, open_db, session_scope
@@ -116,8 +116,7 @@ def crosscheck(benchmark: str, model: str, *, limit: int = 10, template: str = "
                             pass_k=(1,), seed=0)
     own_gen, own_grader = generator is None, grader is None
     if own_gen:
-        generator = (HFGenerator(model, None) if backend == "hf" else
-                     VLLMGenerator(model, VLLMSettings(dtype=dtype, max_model_len=max_model_len), seed=0))
+        generator = GeneratorFactory(backend, VLLMSettings(dtype=dtype, max_model_len=max_model_len))(model)
     grader = grader or Grader()
     factory = open_db(db)
     run, _ = get_or_create_run(factory, method="base", model=model, preset="custom", seed=0,
