@@ -59,7 +59,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import version
@@ -349,6 +349,11 @@ class Grader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def grader_scope(grader: Grader | None = None) -> AbstractContextManager[Grader]:
+    """`with grader_scope(g) as g:` the caller's grader, left open, or a new one closed after the block."""
+    return nullcontext(grader) if grader is not None else Grader()
 
 
 def is_correct(completion: str, gold: str, timeout_s: float = 5.0) -> bool:

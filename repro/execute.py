@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from sqlalchemy.orm import Session, sessionmaker
 
+from harness.grading import Grader
 from repro.plan import Step
 from repro.presets import Preset
 
@@ -29,10 +30,7 @@ def execute(steps: list[Step], preset: Preset, factory: sessionmaker[Session], *
     todo = [st for st in steps if st.action in ("run", "resume", "evaluate")]
     if not todo:
         return failures
-    from harness.grading import Grader
-
-    grader = Grader()
-    try:
+    with Grader() as grader:
         for st in todo:
             t0 = time.perf_counter()
             console.print(f"[bold]{st.action}[/bold] {escape(st.label)} ...")
@@ -51,6 +49,4 @@ def execute(steps: list[Step], preset: Preset, factory: sessionmaker[Session], *
                 console.print(f"[red]{escape(st.label)} failed[/red]: {why}")
                 continue
             console.print(f"{st.label}: done in {time.perf_counter() - t0:.1f} s (run #{st.run_id})")
-    finally:
-        grader.close()
     return failures

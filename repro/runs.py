@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from benchmarks import Problem, load_benchmark
 from harness.generation import GeneratorFactory
+from harness.grading import grader_scope
 from harness.method import Budget, RunContext
 from harness.store import Run, finish_run, get_or_create_run, session_scope
 from methods.registry import build_config, get_method
@@ -103,24 +104,18 @@ def train_method(factory: sessionmaker[Session], preset: Preset, method: str, *,
         return run
     out_dir = runs_dir() / f"{method}-{run.config_hash}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    own_grader = grader is None
-    if own_grader:
-        from harness.grading import Grader
-
-        grader = Grader()
-    ctx = RunContext(
-        run_id=run.id, db=factory, out_dir=out_dir, seed=preset.seed, device=preset.device,
-        template=preset.eval.template, budget=Budget(), make_generator=generator_factory(preset, backend),
-        grader=grader, progress=progress,
-    )
     try:
-        checkpoint = cls().train(resolve_base_model(preset, progress), load_train_prompts(preset, data_dir), cfg, ctx)
+        with grader_scope(grader) as grader:
+            ctx = RunContext(
+                run_id=run.id, db=factory, out_dir=out_dir, seed=preset.seed, device=preset.device,
+                template=preset.eval.template, budget=Budget(), make_generator=generator_factory(preset, backend),
+                grader=grader, progress=progress,
+            )
+            prompts = load_train_prompts(preset, data_dir)
+            checkpoint = cls().train(resolve_base_model(preset, progress), prompts, cfg, ctx)
     except BaseException as e:
         finish_run(factory, run.id, status="failed", error="".join(traceback.format_exception_only(e)).strip())
         raise
-    finally:
-        if own_grader:
-            grader.close()
     finish_run(factory, run.id, checkpoint=str(checkpoint))
     return _reload(factory, run.id)
 
@@ -132,18 +127,10 @@ def evaluate_run(factory: sessionmaker[Session], run: Run, preset: Preset, *, da
 
     if run.checkpoint is None:
         raise ValueError(f"run {run.id} ({run.method}) has no checkpoint (status {run.status})")
-    own_grader = grader is None
-    if own_grader:
-        from harness.grading import Grader
-
-        grader = Grader()
-    try:
+    with grader_scope(grader) as grader:
         return evaluate_model(factory, run.id, run.checkpoint, list(preset.benchmarks), data_dir=data_dir,
                               protocol=preset.eval, make_generator=generator_factory(preset, backend), grader=grader,
                               progress=progress)
-    finally:
-        if own_grader:
-            grader.close()
 
 
 def _reload(factory: sessionmaker[Session], run_id: int) -> Run:

@@ -1,0 +1,13 @@
+"""The command line of reproduce.py, one module per group of commands (each registers on `app`).
+
+    table.py     --table main | rescue | reference | ablation-<name> (the headline command)
+    evaluate.py  eval, crosscheck
+    training.py  train, methods
+    results.py   leaderboard, runs, show, query
+    app.py       the typer app, the console, the options commands share (--db, --data-dir, ...)
+"""
+
+from repro.cli import evaluate, results, table, training  # noqa: F401  (importing registers the commands)
+from repro.cli.app import app
+
+__all__ = ["app"]

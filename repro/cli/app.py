@@ -1,0 +1,42 @@
+"""The typer app every command registers on, the terminal console, and the options commands share.
+
+Options that several commands take are declared once here as `Annotated` types, so `--db` means
+the same thing (and has the same help) everywhere:
+
+    @app.command()
+    def leaderboard(db: Db = DEFAULT_DB, fmt: Format = "rich") -> None: ...
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, NoReturn, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_show_locals=False)
+console = Console()
+
+DEFAULT_DB = "results.db"
+DATA_DIR_ENV = "LATENTREVISE_DATA_DIR"  # benchmarks.DATA_DIR_ENV; not imported, to keep `--help` light
+
+Db = Annotated[str, typer.Option("--db", help="results database: an SQLite path or any SQLAlchemy URL")]
+DataDir = Annotated[Optional[str], typer.Option(
+    "--data-dir", envvar=DATA_DIR_ENV, help="local JSONL benchmark directory (default: the Hugging Face hub)")]
+PresetName = Annotated[str, typer.Option("--preset", help="tiny (CPU default) | tiny-smoke | paper | paper-7b")]
+Format = Annotated[str, typer.Option("--format", help="rich | csv | json | markdown")]
+Backend = Annotated[str, typer.Option("--backend", help="auto (vLLM when installed) | vllm | hf")]
+
+
+def fail(message: str) -> NoReturn:
+    """One line on the terminal and exit status 1: the error path of every anticipated failure."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code=1)
+
+
+def check_format(fmt: str) -> str:
+    from repro.render import FORMATS
+
+    if fmt not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return fmt

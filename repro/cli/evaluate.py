@@ -1,0 +1,160 @@
+"""`eval` and `crosscheck`: a model (directory or hub id) on benchmarks, every sample into results.db.
+
+    python reproduce.py eval ./my-model --benchmarks math500,aime24 --n 4 --limit 50
+    python reproduce.py crosscheck math500 --model ./my-model --limit 20   # lm-eval's scores vs ours
+
+Heavy imports (vLLM, lm-eval, torch) happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from repro.cli.app import DEFAULT_DB, Backend, DataDir, Db, app, console, fail
+from repro.cli.results import metrics_table
+
+DEFAULT_BENCHMARKS = "math500,aime24,aime25,amc23,olympiadbench"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def check_model(model: str) -> str:
+    """A local model directory (with config.json) or a hub id; anything else is a clear error."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            fail(f"model directory {path} has no config.json (expected a Hugging Face model directory)")
+        return str(path.resolve())
+    if model.startswith((".", "/", "~")) or not HUB_ID.match(model):
+        fail(f"model {model!r} not found: not a local directory and not a hub id of the form 'org/name'")
+    return model
+
+
+def check_benchmarks(names: str) -> list[str]:
+    from benchmarks import list_benchmarks
+
+    wanted = [b.strip() for b in names.split(",") if b.strip()]
+    unknown = [b for b in wanted if b not in list_benchmarks()]
+    if unknown or not wanted:
+        fail(f"unknown benchmark(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(list_benchmarks())}")
+    return wanted
+
+
+def pass_ks(n: int) -> tuple[int, ...]:
+    return tuple(sorted({1, n} | {2 ** i for i in range(1, 12) if 2 ** i <= n}))
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Argument(..., help="local model directory or hub id"),
+    benchmarks: str = typer.Option(DEFAULT_BENCHMARKS, "--benchmarks", help="comma-separated benchmark names"),
+    template: str = typer.Option("qwen-boxed", "--template", help="prompt template (harness/prompts.py)"),
+    n: int = typer.Option(1, "--n", min=1, help="samples per problem"),
+    temperature: float = typer.Option(0.6, "--temperature", min=0.0),
+    top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0),
+    max_tokens: int = typer.Option(3072, "--max-tokens", min=1),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="first N problems of each benchmark"),
+    seed: int = typer.Option(0, "--seed"),
+    data_dir: DataDir = None,
+    db: Db = DEFAULT_DB,
+    backend: Backend = "vllm",
+    dtype: str = typer.Option("auto", "--dtype"),
+    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", min=1),
+    data_parallel_size: int = typer.Option(1, "--data-parallel-size", min=1),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="vLLM context length"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="problems per generation batch"),
+) -> None:
+    """Evaluate a model on benchmarks; every sample and verdict goes to results.db (resumable)."""
+    from harness.evaluate import evaluate_model
+    from harness.generation import GeneratorFactory, VLLMSettings
+    from harness.prompts import TEMPLATES
+    from harness.protocol import EvalProtocol
+    from harness.store import finish_run, get_or_create_run, open_db
+
+    if template not in TEMPLATES:
+        fail(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
+    names = check_benchmarks(benchmarks)
+    model = check_model(model)
+    protocol = EvalProtocol(template=template, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                            n_default=n, pass_k=pass_ks(n), seed=seed)
+    settings = VLLMSettings(dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+                            data_parallel_size=data_parallel_size, max_model_len=max_model_len)
+    try:
+        engines = GeneratorFactory(backend, settings, seed=seed)
+    except ValueError as e:  # vLLM asked for but not installed, an unknown backend
+        fail(str(e))
+
+    def make_generator(path: str):
+        try:
+            return engines(path)
+        except Exception as e:  # a hub id that is not reachable, a broken checkpoint, ...
+            raise typer.BadParameter(f"could not load model {path!r} with {backend}: {type(e).__name__}: {e}") from e
+
+    factory = open_db(db)
+    config = {"protocol": protocol, "backend": backend, "dtype": dtype}
+    # a finished run stays finished (new benchmarks are added to it); a failed one is resumed in place
+    run, already_finished = get_or_create_run(factory, method="base", model=model, preset="custom", seed=seed,
+                                              config=config)
+    console.print(f"run {run.id} (base, {model}) -> {db}", highlight=False)
+    from harness.grading import Grader
+
+    try:
+        with Grader() as grader:
+            results = evaluate_model(factory, run.id, model, names, data_dir=data_dir, protocol=protocol,
+                                     make_generator=make_generator, grader=grader, limit=limit, batch_size=batch_size)
+    except BaseException as e:
+        if not already_finished:
+            finish_run(factory, run.id, status="failed", error=f"{type(e).__name__}: {e}"[:2000])
+        if isinstance(e, typer.BadParameter):
+            fail(str(e))
+        raise
+    if not already_finished:
+        finish_run(factory, run.id)
+    console.print(metrics_table(f"run {run.id}: {model}", results))
+
+
+@app.command()
+def crosscheck(
+    benchmark: str = typer.Argument(..., help="one of math500, aime24, aime25, amc23, olympiadbench"),
+    model: str = typer.Option(..., "--model", help="local model directory or hub id"),
+    limit: int = typer.Option(10, "--limit", min=1),
+    template: str = typer.Option("qwen-boxed", "--template"),
+    max_tokens: int = typer.Option(1024, "--max-tokens", min=1),
+    data_dir: DataDir = None,
+    db: Db = DEFAULT_DB,
+    backend: Backend = "vllm",
+    dtype: str = typer.Option("auto", "--dtype"),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len"),
+) -> None:
+    """Score the same generations with lm-eval's task (our exported YAML) and with the harness; compare."""
+    from repro.lmeval.bridge import TASKS
+    from repro.lmeval.bridge import crosscheck as run_crosscheck
+
+    if benchmark not in TASKS:
+        fail(f"crosscheck supports {', '.join(TASKS)}; got {benchmark!r}")
+    if importlib.util.find_spec("lm_eval") is None:
+        fail("lm-eval is not installed (pip install lm-eval)")
+    model = check_model(model)
+    report = run_crosscheck(benchmark, model, limit=limit, template=template, max_tokens=max_tokens,
+                            data_dir=data_dir, db=db, backend=backend, dtype=dtype, max_model_len=max_model_len)
+    table = Table(title=f"crosscheck {benchmark}: lm-eval vs harness (greedy, {report['n']} problems)")
+    for c in ("problem", "same prompt", "same completion", "lm-eval math_verify", "lm-eval exact_match",
+              "harness", "agree"):
+        table.add_column(c)
+    for r in report["rows"]:
+        table.add_row(r["problem_id"], _yn(r["same_prompt"]), _yn(r["same_completion"]),
+                      _yn(r["lm_eval_math_verify"]), _yn(r["lm_eval_exact_match"]), _yn(r["harness"]), _yn(r["agree"]))
+    console.print(table)
+    console.print(f"agreement (math_verify vs harness): {report['agreement']:.3f} | lm-eval accuracy "
+                  f"{report['lm_eval_accuracy']:.3f} (exact_match {report['lm_eval_exact_match']:.3f}) | harness "
+                  f"accuracy {report['harness_accuracy']:.3f} | stored on evaluation {report['evaluation_id']}",
+                  highlight=False)
+
+
+def _yn(v: Any) -> str:
+    return "yes" if v else "no"

@@ -1,0 +1,86 @@
+"""`train` and `methods`: one method on a preset (then its evaluation), and the registered methods.
+
+    python reproduce.py train lr-sft --preset tiny --set fw_steps=5
+    python reproduce.py methods
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from repro.cli.app import DEFAULT_DB, Backend, DataDir, Db, PresetName, app, console, fail
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` strings -> a dict; values are read as JSON when they parse (5, 0.1, true, "x")."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"--set takes key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@app.command()
+def train(
+    method: str = typer.Argument(..., help="a registered method (see `methods`), ours or a third party's"),
+    preset: PresetName = "tiny",
+    overrides: list[str] = typer.Option([], "--set", help="method config override key=value (repeatable)"),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="evaluate the trained model on the preset"),
+    backend: Backend = "auto",
+    fresh: bool = typer.Option(False, "--fresh", help="retrain even if a finished identical run exists"),
+    data_dir: DataDir = None,
+    db: Db = DEFAULT_DB,
+) -> None:
+    """Train one method on a preset (reusing an identical finished run), then evaluate it."""
+    from harness.store import open_db
+    from methods.registry import available_methods
+    from repro import runs as runner
+    from repro.presets import get_preset
+
+    if method not in available_methods():
+        fail(f"unknown method {method!r}; available: {', '.join(available_methods())}")
+    try:
+        chosen = get_preset(preset)
+    except KeyError as e:
+        fail(str(e.args[0]))
+    factory = open_db(db)
+    try:
+        run = runner.train_method(factory, chosen, method, overrides=parse_overrides(overrides),
+                                  data_dir=data_dir, fresh=fresh, backend=backend)
+    except ValueError as e:  # unknown config field, bad value
+        fail(str(e))
+    console.print(f"run {run.id} ({run.method}, {run.status}): checkpoint {run.checkpoint}")
+    if evaluate:
+        metrics = runner.evaluate_run(factory, run, chosen, data_dir=data_dir, backend=backend)
+        for bench, m in metrics.items():
+            console.print(f"  {bench}: avg@{m.get('n')} = {m.get('avg@n', float('nan')):.4f}")
+
+
+@app.command()
+def methods() -> None:
+    """Registered post-training methods and their config fields (name=default)."""
+    from methods.registry import available_methods
+
+    table = Table(title="methods")
+    table.add_column("name")
+    table.add_column("class")
+    table.add_column("config fields", overflow="fold")
+    for name, cls in available_methods().items():
+        cfg = cls.config_cls
+        fields = []
+        for f in dataclasses.fields(cfg):
+            default = (f.default if f.default is not dataclasses.MISSING
+                       else f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+            fields.append(f"{f.name}={default!r}")
+        table.add_row(name, f"{cls.__module__}.{cls.__name__}", ", ".join(fields))
+    console.print(table)
