@@ -80,7 +80,10 @@ def worker(url: str, index: int, sync: str, problems: int, n: int, batch_size: i
     protocol = EvalProtocol(template="tiny-boxed", n_default=n, temperature=1.0, top_p=1.0, max_tokens=8)
     gen = InstantGenerator({p.problem: p.answer for p in probs})
     Path(sync, f"ready-{index}").touch()
+    deadline = time.time() + 900  # an orphaned worker (the parent died) stops by itself
     while not Path(sync, "go").exists():
+        if time.time() > deadline:
+            sys.exit("no go signal within 900 s")
         time.sleep(0.0005)
     t0, error, rows = time.perf_counter(), None, 0
     try:
