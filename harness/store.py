@@ -222,13 +222,13 @@ def normalize_url(db: str | os.PathLike | None) -> str:
 def display_url(db: str | os.PathLike | URL | None) -> str:
     """The database as it may be printed: a path as given, a URL with its password masked."""
     if not isinstance(db, URL):
-        text = str(db if db is not None else DEFAULT_DB)
-        if "://" not in text:
-            return text
+        raw = str(db if db is not None else DEFAULT_DB)
+        if "://" not in raw:
+            return raw
         try:
-            db = make_url(text)
+            db = make_url(raw)
         except ArgumentError:  # unparsable: hide everything between "//" and "@", where a password would be
-            return re.sub(r"//[^/@]*@", "//***@", text)
+            return re.sub(r"//[^/@]*@", "//***@", raw)
     path = sqlite_path(db)
     return str(path) if path is not None else db.render_as_string(hide_password=True)
 
@@ -238,11 +238,11 @@ def parse_url(db: str | os.PathLike | None) -> URL:
 
     `postgresql://` means psycopg2 to SQLAlchemy; when only psycopg (3, the `postgres` extra) is
     installed it is used instead, so the URL a user copies from psql works as is."""
-    text = normalize_url(db)
+    raw = normalize_url(db)
     try:
-        url = make_url(text)
+        url = make_url(raw)
     except ArgumentError:
-        raise StoreError(f"database {display_url(text)!r} is neither a file path nor a database URL "
+        raise StoreError(f"database {display_url(raw)!r} is neither a file path nor a database URL "
                          "(e.g. results.db, sqlite:///results.db, postgresql+psycopg://user@host/db)") from None
     if url.drivername == "postgresql" and not _has_module("psycopg2") and _has_module("psycopg"):
         url = url.set(drivername="postgresql+psycopg")
