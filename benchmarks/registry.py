@@ -8,7 +8,11 @@ synthetic arithmetic tasks, a plain function. Loading order for hub-backed sets:
    `<data_dir>/<local_file>` (JSON Lines with `id`, `problem`, `answer`; extra fields go to `meta`).
 2. otherwise the Hugging Face hub through `datasets.load_dataset(hub_id, ...)`.
 
-Malformed input fails with a `BenchmarkDataError` naming the file, the line and the field.
+Malformed input fails with a `BenchmarkDataError` naming the file, the line and the field; bytes
+that are not UTF-8 are named by line and byte offset. Rule for blank lines: a line that is empty
+or only whitespace is skipped (an editor's trailing newline is not an error), and line numbers in
+messages still count it, so they match what an editor shows. A missing data directory, or a hub
+that cannot be reached, is a `BenchmarkDataError` too.
 """
 
 from __future__ import annotations
@@ -76,38 +80,58 @@ def load_jsonl(path: Path) -> list[Problem]:
         raise BenchmarkDataError(f"{path}: file not found")
     problems: list[Problem] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BenchmarkDataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise BenchmarkDataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for key in ("id", "problem", "answer"):
-                value = row.get(key)
-                if not isinstance(value, str) or not value.strip():
-                    raise BenchmarkDataError(
-                        f"{path}:{lineno}: field '{key}' must be a non-empty string, got {value!r:.60}"
-                    )
-            if row["id"] in seen:
+    for lineno, line in _utf8_lines(path):
+        if not line.strip():
+            continue  # blank lines are skipped (module docstring)
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BenchmarkDataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise BenchmarkDataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        for key in ("id", "problem", "answer"):
+            value = row.get(key)
+            if not isinstance(value, str) or not value.strip():
                 raise BenchmarkDataError(
-                    f"{path}:{lineno}: field 'id' duplicates line {seen[row['id']]} ({row['id']!r})"
+                    f"{path}:{lineno}: field '{key}' must be a non-empty string, got {value!r:.60}"
                 )
-            seen[row["id"]] = lineno
-            meta = {k: v for k, v in row.items() if k not in ("id", "problem", "answer")}
-            problems.append(Problem(row["id"], row["problem"], row["answer"], meta))
+        if row["id"] in seen:
+            raise BenchmarkDataError(
+                f"{path}:{lineno}: field 'id' duplicates line {seen[row['id']]} ({row['id']!r})"
+            )
+        seen[row["id"]] = lineno
+        meta = {k: v for k, v in row.items() if k not in ("id", "problem", "answer")}
+        problems.append(Problem(row["id"], row["problem"], row["answer"], meta))
     if not problems:
         raise BenchmarkDataError(f"{path}: no rows")
     return problems
 
 
-def _load_hub(spec: BenchmarkSpec) -> list[Problem]:
-    import datasets  # imported lazily: offline users never need the hub client
+def _utf8_lines(path: Path):
+    """(line number, text) of each line; a byte that is not UTF-8 is an error naming line and offset."""
+    offset = 0
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                # a UTF-8 byte-order mark at the start of the file is not part of the first row
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise BenchmarkDataError(
+                    f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at byte offset {offset + e.start} of "
+                    f"the file, column {e.start + 1} of the line); re-save the file as UTF-8") from None
+            offset += len(raw)
 
-    ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=spec.hub_split)
+
+def _load_hub(spec: BenchmarkSpec) -> list[Problem]:
+    try:
+        import datasets  # imported lazily: offline users never need the hub client
+
+        ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=spec.hub_split)
+    except Exception as e:  # no network, no such dataset, no `datasets` package: all mean "use local files"
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise BenchmarkDataError(
+            f"{spec.name}: could not load {spec.hub_id} from the Hugging Face hub ({type(e).__name__}: {first}); "
+            f"pass --data-dir (or set {DATA_DIR_ENV}) to a directory with {spec.local_file}") from None
     problems = []
     for i, row in enumerate(ds):
         mapped = {ours: row.get(theirs) for theirs, ours in spec.fields.items()}
@@ -157,6 +181,10 @@ def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, limit: 
     elif name in _SPECS:
         spec = _SPECS[name]
         local = resolve_data_dir(data_dir)
+        if local is not None and not local.is_dir():
+            raise BenchmarkDataError(f"{local / spec.local_file}: file not found: the data directory {local} does not "
+                                     f"exist (set by --data-dir or {DATA_DIR_ENV}); point it at the directory "
+                                     f"that holds {spec.local_file}")
         problems = load_jsonl(local / spec.local_file) if local else _load_hub(spec)
     else:
         raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(list_benchmarks())}")

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.orm import Session, sessionmaker
 
-from harness.store import normalize_url, open_db
+from harness.store import display_url, normalize_url, open_db
 from repro.catalog import LATENTREVISE_METHOD, MINING_ONLY, RESCUE_METHODS, ablation, ablation_overrides
 from repro.cost import assumptions, estimate_step, params_b
 from repro.execute import execute
@@ -129,7 +129,8 @@ def reproduce(table: str | None = "main", preset: str = "tiny", plot_dir: str | 
     result = build_table(table, p, factory, steps)
     result.notes += [f"not planned: {st.label}: {st.detail}" for st in steps if st.action == "error"]
     result.notes += [f"failed this invocation: {f}" for f in failures]
-    console.print(f"runs and evaluations: {time.perf_counter() - t0:.1f} s; table from {url}", highlight=False)
+    console.print(f"runs and evaluations: {time.perf_counter() - t0:.1f} s; table from {display_url(url)}",
+                  highlight=False, markup=False)
     print(render(result, fmt), end="")
     if plot_dir:
         from repro.plots import write_figures

@@ -211,3 +211,79 @@ def test_exported_lm_eval_tasks_load_offline(data_dir, monkeypatch):
         right = tasks[name].process_results(docs[1], [f"so \\boxed{{{ours[1].answer}}}"])
         wrong = tasks[name].process_results(docs[1], ["so \\boxed{-987654}"])
         assert right == {"math_verify": 1.0, "exact_match": 1.0} and wrong == {"math_verify": 0.0, "exact_match": 0.0}
+
+
+
+def _broken_data(tmp_path, data_dir):
+    """A copy of the data directory whose math500.jsonl has a malformed second line."""
+    import shutil
+
+    bad = tmp_path / "bad-data"
+    shutil.copytree(data_dir, bad)
+    lines = (bad / "math500.jsonl").read_text().splitlines(keepends=True)
+    (bad / "math500.jsonl").write_text(lines[0] + '{"id": "x", "problem": \n' + "".join(lines[2:]))
+    return bad
+
+
+@pytest.fixture
+def disk_full():
+    """Every INSERT fails as SQLite does when the disk is full (SQLITE_FULL), until the test ends."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def full(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("INSERT"):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    event.listen(Engine, "before_cursor_execute", full)
+    yield
+    event.remove(Engine, "before_cursor_execute", full)
+
+
+def _no_space_left(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device", "/data/results.db-journal")
+
+
+# case -> (what the line says, after "error: ")
+ERROR_CASES = {
+    "rejected benchmark file": "/math500.jsonl:2: invalid JSON",
+    "missing --data-dir": "file not found: the data directory",
+    "unwritable --db": "cannot open",
+    "--db is a directory": "is a directory",
+    "disk full (SQLite)": "disk full while writing",
+    "disk full (OSError)": "disk full while writing /data/results.db-journal",
+    "missing driver": "database postgresql+pg8000://u:***@localhost/db: its driver 'pg8000' is not installed",
+    "unknown dialect": "database nosuchdb://u:***@localhost/db: unknown dialect 'nosuchdb'",
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_eval_failures_are_one_line_and_write_no_row(tiny_model_dir, data_dir, tmp_path, monkeypatch, request, case):
+    """Each anticipated failure: one line (no traceback), exit status 1, and no run row left behind."""
+    data, db = data_dir, tmp_path / "r.db"
+    if case == "rejected benchmark file":
+        data = _broken_data(tmp_path, data_dir)
+    elif case == "missing --data-dir":
+        data = tmp_path / "no-such-dir"
+    elif case == "unwritable --db":
+        db = tmp_path / "no-such-dir" / "r.db"
+    elif case == "--db is a directory":
+        db = tmp_path
+    elif case == "disk full (SQLite)":
+        request.getfixturevalue("disk_full")
+    elif case == "disk full (OSError)":
+        monkeypatch.setattr("harness.store.get_or_create_run", _no_space_left)
+    elif case == "missing driver":
+        db = "postgresql+pg8000://u:pw@localhost/db"
+    else:
+        db = "nosuchdb://u:pw@localhost/db"
+    res = runner.invoke(_app(), _eval_args(tiny_model_dir, db, data, "--backend", "hf"), env=ENV)
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1, res.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and ERROR_CASES[case] in lines[0], res.output
+    assert "Traceback" not in res.output and "pw@" not in res.output
+    assert isinstance(res.exception, SystemExit)  # ended by the error path, not by an escaping exception
+    db_file = tmp_path / "r.db"
+    assert not db_file.exists() or _count(db_file, "SELECT COUNT(*) FROM runs") == 0

@@ -5,16 +5,42 @@ the same thing (and has the same help) everywhere:
 
     @app.command()
     def leaderboard(db: Db = DEFAULT_DB, fmt: Format = "rich") -> None: ...
+
+Every command registered on `app` runs inside `errors.guard`: an anticipated failure (a rejected
+file, a database that cannot be opened, disk full, ...) prints one line and exits 1; `fail()` is
+the same path for the checks a command makes itself. `--debug` (the top-level callback's option)
+shows tracebacks.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Any, Callable, NoReturn, Optional
 
 import typer
 from rich.console import Console
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_show_locals=False)
+from repro.cli.errors import DEBUG_ENV, guard, report
+
+
+class GuardedTyper(typer.Typer):
+    """typer.Typer whose commands and callbacks run inside `errors.guard` (the one error path)."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return _guarded(super().command(*args, **kwargs))
+
+    def callback(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return _guarded(super().callback(*args, **kwargs))
+
+
+def _guarded(register: Callable[[Callable[..., Any]], Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        register(guard(fn))
+        return fn
+
+    return decorator
+
+
+app = GuardedTyper(add_completion=False, no_args_is_help=False, pretty_exceptions_show_locals=False)
 console = Console()
 
 DEFAULT_DB = "results.db"
@@ -26,11 +52,12 @@ DataDir = Annotated[Optional[str], typer.Option(
 PresetName = Annotated[str, typer.Option("--preset", help="tiny (CPU default) | tiny-smoke | paper | paper-7b")]
 Format = Annotated[str, typer.Option("--format", help="rich | csv | json | markdown")]
 Backend = Annotated[str, typer.Option("--backend", help="auto (vLLM when installed) | vllm | hf")]
+Debug = Annotated[bool, typer.Option("--debug", envvar=DEBUG_ENV, help="show tracebacks instead of one-line errors")]
 
 
 def fail(message: str) -> NoReturn:
-    """One line on the terminal and exit status 1: the error path of every anticipated failure."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    """One line on stderr and exit status 1: the error path of every anticipated failure."""
+    report(message)
     raise typer.Exit(code=1)
 
 

@@ -45,6 +45,15 @@ def check_benchmarks(names: str) -> list[str]:
     return wanted
 
 
+def check_data(names: list[str], data_dir: str | None, limit: int | None) -> None:
+    """Load each benchmark once before any row is written: a rejected file or a missing --data-dir
+    is a one-line error (BenchmarkDataError, errors.py) instead of a failed run left behind."""
+    from benchmarks import load_benchmark
+
+    for name in names:
+        load_benchmark(name, data_dir, limit)
+
+
 def pass_ks(n: int) -> tuple[int, ...]:
     return tuple(sorted({1, n} | {2 ** i for i in range(1, 12) if 2 ** i <= n}))
 
@@ -74,12 +83,13 @@ def eval_cmd(
     from harness.generation import GeneratorFactory, VLLMSettings
     from harness.prompts import TEMPLATES
     from harness.protocol import EvalProtocol
-    from harness.store import finish_run, get_or_create_run, open_db
+    from harness.store import display_url, fail_run, finish_run, get_or_create_run, open_db
 
     if template not in TEMPLATES:
         fail(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
     names = check_benchmarks(benchmarks)
     model = check_model(model)
+    check_data(names, data_dir, limit)
     protocol = EvalProtocol(template=template, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                             n_default=n, pass_k=pass_ks(n), seed=seed)
     settings = VLLMSettings(dtype=dtype, tensor_parallel_size=tensor_parallel_size,
@@ -95,12 +105,12 @@ def eval_cmd(
         except Exception as e:  # a hub id that is not reachable, a broken checkpoint, ...
             raise typer.BadParameter(f"could not load model {path!r} with {backend}: {type(e).__name__}: {e}") from e
 
-    factory = open_db(db)
+    factory = open_db(db)  # a bad URL, a missing driver, an unwritable path: one line, before any row
     config = {"protocol": protocol, "backend": backend, "dtype": dtype}
     # a finished run stays finished (new benchmarks are added to it); a failed one is resumed in place
     run, already_finished = get_or_create_run(factory, method="base", model=model, preset="custom", seed=seed,
                                               config=config)
-    console.print(f"run {run.id} (base, {model}) -> {db}", highlight=False)
+    console.print(f"run {run.id} (base, {model}) -> {display_url(db)}", highlight=False, markup=False)
     from harness.grading import Grader
 
     try:
@@ -109,7 +119,7 @@ def eval_cmd(
                                      make_generator=make_generator, grader=grader, limit=limit, batch_size=batch_size)
     except BaseException as e:
         if not already_finished:
-            finish_run(factory, run.id, status="failed", error=f"{type(e).__name__}: {e}"[:2000])
+            fail_run(factory, run.id, e)  # never raises: a full disk must not turn one error into two
         if isinstance(e, typer.BadParameter):
             fail(str(e))
         raise

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from repro.cli.app import DEFAULT_DB, DataDir, Db, Format, PresetName, app, check_format, fail
+from repro.cli.app import DEFAULT_DB, DataDir, Db, Debug, Format, PresetName, app, check_format, fail
 
 
 @app.callback(invoke_without_command=True)
@@ -20,6 +20,7 @@ def main(
     fmt: Format = "rich",
     db: Db = DEFAULT_DB,
     data_dir: DataDir = None,
+    debug: Debug = False,  # read by the error path (repro/cli/errors.py), for every command
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
