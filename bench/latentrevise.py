@@ -13,9 +13,14 @@ lengths (prompt Tx, prefix L, gold G, away A tokens). Reported, in one run:
   floor_ms        one plain forward+backward (weights trainable, full weight gradients, no
                   checkpointing, same rows, same cached prompt, same loss positions): the target is
                   fw_step_ms <= 1.3 x floor_ms
-  tflops / %peak  useful FLOPs of a FW step (forward 2*P_layers*T + attention 4*layers*T*ctx*H +
-                  lm_head 2*H*V per loss token, times 2 for the input-gradient backward, + oracle
-                  2*N*H*V; checkpoint recomputation not counted) / fw_step time
+  tflops / %peak  useful FLOPs of a FW step / fw_step time (`useful_flops`): Z counted ONCE (the step runs
+                  it in both the gold and the away row; the second pass is overhead, not useful work),
+                  the gold and away suffixes once each; forward = 2*P_layers per token + attention
+                  4*H*ctx per token and layer + lm_head 2*H*V per loss token; the input-gradient backward
+                  (frozen weights: no weight-gradient matmuls) = the forward again for the linear layers
+                  and lm_head, twice the forward for attention (dQ, dK, dV); + the oracle 2*N*H*V.
+                  Checkpoint recomputation and padding are not counted. % of the device's dense bf16
+                  peak (`PEAK_BF16_TFLOPS`, looked up by device name; --peak-tflops overrides)
   oracle memory   extra CUDA memory of the oracle per chunk size vs the N x V x 4 bytes of an
                   unchunked G E^T (CPU: the analytic bound only)
   resample        FTE (forward-token equivalents, methods/latentrevise/core.py) of one revision and the
@@ -50,6 +55,25 @@ SHAPES = {
                               num_attention_heads=12, num_key_value_heads=2, tokenizer_len=151665,
                               max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-6),
 }
+
+
+# Dense (no 2:4 sparsity) bf16 tensor-core peak, TFLOP/s, by device name as torch reports it (first match
+# wins, so the specific names come first). NVIDIA's datasheets give 1,979 (H100 SXM, H200) and 1,513 (H100 PCIe)
+# "with sparsity", i.e. 989 and 756 dense: https://www.nvidia.com/en-us/data-center/h200/ and .../h100/ (H200:
+# the same GH100 tensor cores and clocks as the H100 SXM; a third-party table of the same values:
+# hmc-tech.com/gpu/nvidia-h100-vs-nvidia-h200-sxm-vs-nvidia-gb200); A100: 312 dense (624 with sparsity),
+# https://www.nvidia.com/en-us/data-center/a100/. torch names the H100 SXM "NVIDIA H100 80GB HBM3".
+PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),  # SXM5 (HBM3)
+    ("H200", 989.0),
+    ("A100", 312.0),
+)
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of `device_name` (None when it is not in the table: no % of peak is claimed)."""
+    return next((peak for key, peak in PEAK_BF16_TFLOPS if key.lower() in device_name.lower()), None)
 
 
 def load_core():
@@ -167,15 +191,30 @@ def prefill(core, model, items, a, device):
     return run
 
 
-def flops_per_fw_step(model, a) -> float:
-    c = model.config
+def layer_matmul_params(c) -> int:
+    """Weights of the decoder layers' matmuls (q, k, v, o, gate, up, down), from a Qwen2 config."""
+    kv = c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
+    return c.num_hidden_layers * (2 * c.hidden_size * c.hidden_size + 2 * c.hidden_size * kv
+                                  + 3 * c.hidden_size * c.intermediate_size)
+
+
+def useful_flops(c, batch: int, prompt: int, prefix: int, gold: int, away: int) -> float:
+    """Useful FLOPs of one Frank-Wolfe step (module docstring): Z once, each suffix once, oracle once."""
     H, V, n_layers = c.hidden_size, c.vocab_size, c.num_hidden_layers
-    p_layers = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n and p.dim() == 2)
-    T = 2 * a.batch * (a.prefix + (a.gold + a.away) / 2)  # real tokens in the 2B rows
-    ctx = a.prompt + (a.prefix + (a.gold + a.away) / 2) / 2  # mean attended length
-    n_loss = a.batch * (a.gold + a.away)
-    forward = 2 * p_layers * T + 4 * n_layers * T * ctx * H + 2 * H * V * n_loss
-    return 2 * forward + 2 * a.batch * a.prefix * H * V
+    # (tokens, mean attended length) per segment: Z attends the prompt + itself causally, a suffix also all of Z
+    segments = ((prefix, prompt + (prefix + 1) / 2), (gold, prompt + prefix + (gold + 1) / 2),
+                (away, prompt + prefix + (away + 1) / 2))
+    tokens = batch * sum(n for n, _ in segments)
+    linear = 2 * layer_matmul_params(c) * tokens
+    attention = 4 * H * n_layers * batch * sum(n * ctx for n, ctx in segments)
+    head = 2 * H * V * batch * (gold + away)
+    oracle = 2 * batch * prefix * H * V
+    return 2 * linear + 3 * attention + 2 * head + oracle  # forward + input-gradient backward, + the oracle
+
+
+def useful_tokens(batch: int, prefix: int, gold: int, away: int) -> int:
+    """Tokens of useful work in one step: Z once, the gold and the away suffix once each."""
+    return batch * (prefix + gold + away)
 
 
 def sampling_fte_per_s(model, a, device: str, n_seq: int = 8, new_tokens: int = 64) -> float:
@@ -204,7 +243,8 @@ def main() -> None:
     ap.add_argument("--k2", type=int, default=6)
     ap.add_argument("--chunk", type=int, default=16384)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--peak-tflops", type=float, default=800.0, help="bf16 dense peak used for %% of peak")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="dense bf16 peak for %% of peak (default: PEAK_BF16_TFLOPS by device name)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--profile", default=None, help="write a torch.profiler table of one revision (K=2) here")
     a = ap.parse_args()
@@ -266,15 +306,16 @@ def main() -> None:
     res["floor_fwd_bwd_ms"] = 1e3 * floor
     step = res["fw_step_ms[default]"] / 1e3
     res["ratio_fw_to_floor"] = step / floor
-    fl = flops_per_fw_step(model, a)
-    res["fw_step_tflop"] = fl / 1e12
+    fl = useful_flops(model.config, a.batch, a.prompt, a.prefix, a.gold, a.away)
+    peak = a.peak_tflops or (peak_tflops(res["device"]) if dev == "cuda" else None)
+    res["fw_step_useful_tflop"] = fl / 1e12
     res["tflops"] = fl / step / 1e12
-    res["pct_peak"] = 100 * res["tflops"] / a.peak_tflops if dev == "cuda" else None
-    tokens = 2 * a.batch * (a.prefix + (a.gold + a.away) / 2)
-    res["tokens_per_s"] = tokens / step
+    res["peak_tflops"] = peak
+    res["pct_peak"] = 100 * res["tflops"] / peak if peak else None
+    res["tokens_per_s"] = useful_tokens(a.batch, a.prefix, a.gold, a.away) / step
     print(f"floor (plain fwd+bwd, same rows): {1e3 * floor:.1f} ms   ratio FW/floor = {res['ratio_fw_to_floor']:.2f}"
-          f"   {res['tflops']:.1f} TFLOP/s" + (f" = {res['pct_peak']:.0f}% of {a.peak_tflops:.0f}" if dev == "cuda" else "")
-          + f"   {res['tokens_per_s']:.0f} tok/s", flush=True)
+          f"   {res['tflops']:.1f} useful TFLOP/s" + (f" = {res['pct_peak']:.0f}% of {peak:.0f}" if peak else "")
+          + f"   {res['tokens_per_s']:.0f} useful tok/s", flush=True)
 
     # oracle memory: bounded by the chunk, not by N x V
     N = a.batch * a.prefix

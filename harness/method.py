@@ -15,14 +15,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Protocol, Sequence, runtime_checkable
-
-from sqlalchemy.orm import Session, sessionmaker
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Protocol, Sequence, runtime_checkable
 
 from benchmarks import Problem
 
 from .generation import Generator
-from .store import Revision, Rollout, TrainStep, session_scope
+
+if TYPE_CHECKING:  # the store (sqlalchemy) is imported where rows are written: methods import without it
+    from sqlalchemy.orm import Session, sessionmaker
 
 
 @dataclass
@@ -49,6 +49,8 @@ class RunContext:
 
     def log_step(self, step: int, phase: str = "train", **values: Any) -> None:
         """One training step to `train_steps`; unknown keys go to `extra`."""
+        from .store import TrainStep, session_scope
+
         cols = {c.name for c in TrainStep.__table__.columns}
         known = {k: v for k, v in values.items() if k in cols}
         extra = {k: v for k, v in values.items() if k not in cols}
@@ -61,10 +63,14 @@ class RunContext:
             s.add(row)
 
     def log_rollouts(self, rows: Iterable[dict[str, Any]]) -> None:
+        from .store import Rollout, session_scope
+
         with session_scope(self.db) as s:
             s.add_all(Rollout(run_id=self.run_id, **r) for r in rows)
 
     def log_revisions(self, rows: Iterable[dict[str, Any]]) -> None:
+        from .store import Revision, session_scope
+
         with session_scope(self.db) as s:
             s.add_all(Revision(run_id=self.run_id, **r) for r in rows)
 

@@ -5,9 +5,11 @@
 generated_tokens = prompts x samples x mean completion length (MEAN_COMPLETION_FRAC x max_tokens);
 trained_tokens = tokens that get a forward and backward pass (policy updates, SFT examples,
 Frank-Wolfe steps on a prefix). The per-method counts come from `estimate_tokens`, which reads
-the method's config (one function per method family); every assumption is printed with the
-estimate (`assumptions`). Dataset sizes are counted in the local data directory when there is
-one and taken from the published sizes otherwise, so the estimate needs no network.
+the run's BUILT config (the preset's composed method config plus the plan's overrides, as the
+run will use it; one function per method family): lr-grpo's budget is grpo's plus the online
+revisions of its zero-hit groups, lr-sft's is sft's plus the offline mining pass. Every assumption
+is printed with the estimate (`assumptions`). Dataset sizes are counted in the local data directory
+when there is one and taken from the published sizes otherwise, so the estimate needs no network.
 """
 
 from __future__ import annotations
@@ -88,6 +90,17 @@ def _sft_tokens(cfg: Any, n_train: int, frac: float, count: TokenCount) -> None:
     count.how.append(f"{seen:,.0f} examples x {PROMPT_TOKENS + resp:.0f} tok")
 
 
+def _revision_tokens(cfg: Any, revisions: float, length: float, count: TokenCount) -> None:
+    """Frank-Wolfe revisions of failed rollouts of mean length `length`, and the continuations that verify them
+    (each as long as the rest of the rollout it replaces)."""
+    prefix = min(getattr(cfg, "prefix_max_tokens", 256) or length, getattr(cfg, "prefix_frac", 0.5) * length)
+    away = min(getattr(cfg, "away_max_tokens", 128) or length, length - prefix)
+    # as computed, not as useful: Z runs in both the gold and the away row
+    count.trained += revisions * getattr(cfg, "fw_steps", 10) * 2 * (prefix + GOLD_TOKENS + away)
+    modes = 2 if getattr(cfg, "cont_modes", "both") == "both" else 1
+    count.generated += revisions * modes * getattr(cfg, "cont_samples", 4) * (length - prefix)
+
+
 def _mining_tokens(cfg: Any, n_train: int, frac: float, count: TokenCount) -> None:
     """LatentRevise mining (and the matched rescue baselines): screening samples, Frank-Wolfe revisions of the
     zero-hit prompts' failed rollouts, and the continuations that verify them."""
@@ -95,27 +108,38 @@ def _mining_tokens(cfg: Any, n_train: int, frac: float, count: TokenCount) -> No
     length = frac * getattr(cfg, "mine_max_tokens", 1024)
     count.generated += n_mine * getattr(cfg, "mine_samples", 8) * length
     revisions = n_mine * ZERO_HIT_FRAC * getattr(cfg, "failed_per_prompt", 2)
-    prefix = min(getattr(cfg, "prefix_max_tokens", 256) or length, getattr(cfg, "prefix_frac", 0.5) * length)
-    away = min(getattr(cfg, "away_max_tokens", 128) or length, length - prefix)
-    fw_steps = getattr(cfg, "fw_steps", 10)
-    count.trained += revisions * fw_steps * 2 * (prefix + GOLD_TOKENS + away)  # gold and away rows
-    modes = 2 if getattr(cfg, "cont_modes", "both") == "both" else 1
-    count.generated += revisions * modes * getattr(cfg, "cont_samples", 4) * (length - prefix)
+    _revision_tokens(cfg, revisions, length, count)
     count.how.append(f"mining {n_mine} x {getattr(cfg, 'mine_samples', 8)} samples; {revisions:,.0f} revisions x "
-                     f"K={fw_steps} (zero-hit share {ZERO_HIT_FRAC} assumed)")
+                     f"K={getattr(cfg, 'fw_steps', 10)} (zero-hit share {ZERO_HIT_FRAC} assumed)")
+
+
+def _online_revision_tokens(cfg: Any, frac: float, count: TokenCount) -> None:
+    """lr-grpo: every `revise_every` steps, the failed rollouts of up to `revise_max_groups` zero-hit groups."""
+    every = getattr(cfg, "revise_every", 1)
+    if every <= 0:
+        return
+    groups = cfg.prompts_per_step * ZERO_HIT_FRAC
+    if getattr(cfg, "revise_max_groups", None) is not None:
+        groups = min(groups, cfg.revise_max_groups)
+    revisions = (cfg.steps // every) * groups * getattr(cfg, "failed_per_prompt", 2)
+    _revision_tokens(cfg, revisions, frac * cfg.max_tokens, count)
+    count.how.append(f"{revisions:,.0f} online revisions x K={getattr(cfg, 'fw_steps', 10)} "
+                     f"(zero-hit share {ZERO_HIT_FRAC} assumed)")
 
 
 def estimate_tokens(method: str, cfg: Any, n_train: int, frac: float) -> tuple[float, float, str]:
-    """(generated tokens, trained tokens, formula) of training `method`; reads its config, defaults if absent.
+    """(generated tokens, trained tokens, formula) of training `method` with its built config `cfg`.
 
     trained tokens count one forward + backward; a forward-only pass counts as a third of one."""
     count = TokenCount()
-    if method.endswith("grpo"):
+    if hasattr(cfg, "prompts_per_step"):  # the GRPO family
         _grpo_tokens(cfg, frac, count)
-    elif hasattr(cfg, "epochs"):
+        if hasattr(cfg, "revise_every"):
+            _online_revision_tokens(cfg, frac, count)
+    elif hasattr(cfg, "epochs"):  # the SFT family
         _sft_tokens(cfg, n_train, frac, count)
-    if hasattr(cfg, "mine_samples"):
-        _mining_tokens(cfg, n_train, frac, count)
+        if hasattr(cfg, "mine_samples"):
+            _mining_tokens(cfg, n_train, frac, count)
     return count.generated, count.trained, "; ".join(count.how) or "no training"
 
 
@@ -128,7 +152,7 @@ def estimate_step(st: Step, preset: Preset, data_dir: str | None) -> dict[str, A
     eval_tokens = 0.0
     if st.evaluate:
         for b in preset.benchmarks:
-            eval_tokens += dataset_size(b, data_dir)[0] * preset.eval.n_for(b) * completion
+            eval_tokens += dataset_size(b, data_dir, limit=preset.eval_limit)[0] * preset.eval.n_for(b) * completion
     n_train, _ = dataset_size(preset.train_set, data_dir, preset.train_filter, preset.train_limit)
     if st.method == "base":
         gen, trained, how = 0.0, 0.0, "no training"
@@ -144,7 +168,7 @@ def estimate_step(st: Step, preset: Preset, data_dir: str | None) -> dict[str, A
 
 def assumptions(preset: Preset, data_dir: str | None) -> list[str]:
     size = params_b(preset.base_model) or 0
-    counted = {b: dataset_size(b, data_dir) for b in preset.benchmarks}
+    counted = {b: dataset_size(b, data_dir, limit=preset.eval_limit) for b in preset.benchmarks}
     counted[preset.train_set] = dataset_size(preset.train_set, data_dir, preset.train_filter, preset.train_limit)
     sizes = ", ".join(f"{b}={n} ({where})" for b, (n, where) in counted.items())
     return [
@@ -154,5 +178,8 @@ def assumptions(preset: Preset, data_dir: str | None) -> list[str]:
         f"mean completion = {MEAN_COMPLETION_FRAC} x the run's max tokens (evaluation: "
         f"{MEAN_COMPLETION_FRAC * preset.eval.max_tokens:.0f}); prompt prefill ignored in generation; SFT examples "
         f"{PROMPT_TOKENS} prompt tokens + {MEAN_COMPLETION_FRAC} x max_len; zero-hit share {ZERO_HIT_FRAC}",
+        "each run's tokens from its built config (the preset's composed method config + the plan's overrides); "
+        f"a Frank-Wolfe step counts as a forward + backward over the gold and the away row, each with the prefix "
+        f"(+{GOLD_TOKENS} gold tokens), i.e. as computed, not as useful",
         f"dataset sizes: {sizes}",
     ]

@@ -4,19 +4,25 @@
     execute(steps, preset, factory)               # repro/execute.py: train and evaluate what is missing
     print(render(build_table("main", ...), fmt))  # repro/tables.py + repro/render.py: a pure function of results.db
 
-A dry run prints the plan (and, on a GPU preset, the GPU-hour estimate of repro/cost.py) and
-touches nothing: it opens no database that does not exist yet and loads nothing from the hub.
-Otherwise the plan goes to stderr and stdout carries only the table, so `--format csv` pipes.
+A dry run prints the plan, the like-for-like budget of every run beside its baseline's (`budgets`:
+the fields that must match, and whether every shared field does) and, on a GPU preset, the GPU-hour
+estimate of repro/cost.py, and touches nothing: it opens no database that does not exist yet and
+loads nothing from the hub. `--dry-run --format json` prints the same plan as one JSON object
+(`plan_json`). Otherwise the plan goes to stderr and stdout carries only the table, so `--format csv`
+pipes. A preset with a `label` (the rehearsal: "pipeline check, not a result") says it in the
+table's title and first note.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -24,10 +30,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from harness.store import display_url, normalize_url, open_db
 from repro.catalog import LATENTREVISE_METHOD, MINING_ONLY, RESCUE_METHODS, ablation, ablation_overrides
-from repro.cost import assumptions, estimate_step, params_b
+from repro.cost import assumptions, dataset_size, estimate_step, params_b
 from repro.execute import execute
 from repro.plan import Step, plan_table, planned_hashes
-from repro.presets import Preset, get_preset
+from repro.presets import BUDGET_FIELDS, CONFIG_BASE, GEN_FIELDS, Preset, get_preset
 from repro.render import TableData, render
 from repro.tables import ablation_table, main_table, rescue_table
 
@@ -56,8 +62,43 @@ def build_table(table: str, preset: Preset, factory: sessionmaker[Session], step
     return table
 
 
+def budgets(st: Step, preset: Preset) -> dict[str, Any] | None:
+    """A run's compute budget next to its baseline's: {baseline, fields: {name: value}, differs: [shared fields
+    whose value is not the baseline's, the step's own overrides excepted]} (None for base or an unbuildable run)."""
+    from repro.runs import run_config
+
+    if st.method == "base" or st.action == "error":
+        return None
+    cfg = run_config(preset, st.method, st.overrides)[0]
+    base = CONFIG_BASE.get(st.method)
+    names = [n for n in (*BUDGET_FIELDS.get(base or st.method, ()), *GEN_FIELDS) if hasattr(cfg, n)]
+    out: dict[str, Any] = {"baseline": base, "fields": {n: getattr(cfg, n) for n in names}, "differs": []}
+    if base:
+        ref = run_config(preset, base)[0]
+        shared = [f.name for f in dataclasses.fields(ref) if hasattr(cfg, f.name) and f.name not in st.overrides]
+        out["differs"] = [n for n in shared if getattr(cfg, n) != getattr(ref, n)]
+        out["n_shared"] = len(shared)
+    return out
+
+
+def _budget_table(steps: list[Step], preset: Preset) -> Table:
+    t = Table(title="budgets: each LatentRevise variant and rescue baseline vs its baseline (like for like)")
+    for c in ("run", "baseline", "budget", "shared fields = baseline's"):
+        t.add_column(c, overflow="fold")
+    for st in steps:
+        b = budgets(st, preset)
+        if b is None:
+            continue
+        same = ("" if b["baseline"] is None else
+                f"yes ({b['n_shared']} fields)" if not b["differs"] else f"NO: {', '.join(b['differs'])}")
+        t.add_row(st.label, b["baseline"] or "", ", ".join(f"{k}={v!r}" for k, v in b["fields"].items()), same)
+    return t
+
+
 def print_plan(steps: list[Step], preset: Preset, table: str, console: Console, data_dir: str | None,
                estimate: bool) -> None:
+    if preset.label:
+        console.print(f"[bold]{preset.name}: {preset.label}[/bold]", highlight=False)
     t = Table(title=f"plan: --table {table} --preset {preset.name} ({preset.base_model})")
     for c in ("run", "method", "overrides", "config hash", "action", "detail") + (("GPU h", "tokens") if estimate else ()):
         t.add_column(c, overflow="fold")
@@ -75,13 +116,47 @@ def print_plan(steps: list[Step], preset: Preset, table: str, console: Console, 
                 cells += ["", ""]
         t.add_row(*cells)
     console.print(t)
-    console.print(f"benchmarks: {', '.join(preset.benchmarks)}; protocol: template {preset.eval.template}, "
+    console.print(_budget_table(steps, preset))
+    limit = f" (first {preset.eval_limit} problems of each)" if preset.eval_limit else ""
+    console.print(f"benchmarks{limit}: {', '.join(preset.benchmarks)}; protocol: template {preset.eval.template}, "
                   f"T={preset.eval.temperature}, top-p {preset.eval.top_p}, max {preset.eval.max_tokens} tokens, n="
                   + ", ".join(f"{b}:{preset.eval.n_for(b)}" for b in preset.benchmarks), highlight=False)
     if estimate:
         console.print(f"estimate: {total:.1f} GPU hours in total (one H100), runs marked reuse included", highlight=False)
         for line in assumptions(preset, data_dir):
             console.print(f"  - {line}", highlight=False)
+
+
+def plan_json(steps: list[Step], preset: Preset, table: str, data_dir: str | None, estimate: bool) -> dict[str, Any]:
+    """The plan as data: methods, overrides, config hashes, benchmarks, n per benchmark, token budgets, estimate."""
+    from repro.runs import run_config
+
+    runs, total = [], 0.0
+    for st in steps:
+        est = st.estimate = estimate_step(st, preset, data_dir) if estimate else None
+        total += est["gpu_hours"] if est else 0.0
+        built = run_config(preset, st.method, st.overrides)[0] if st.method != "base" and st.action != "error" else None
+        runs.append({"label": st.label, "method": st.method, "overrides": st.overrides, "config_hash": st.config_hash,
+                     "action": st.action, "detail": st.detail, "evaluate": st.evaluate,
+                     "config": dataclasses.asdict(built) if built is not None else None,
+                     "budget": budgets(st, preset), "estimate": est})
+    e = preset.eval
+    n_train, counted = dataset_size(preset.train_set, data_dir, preset.train_filter, preset.train_limit)
+    return {
+        "table": table, "preset": preset.name, "base_model": preset.base_model, "label": preset.label,
+        "device": preset.device, "seed": preset.seed,
+        "train": {"set": preset.train_set, "filter": preset.train_filter, "limit": preset.train_limit,
+                  "problems": n_train, "counted": counted},
+        "benchmarks": list(preset.benchmarks), "eval_limit": preset.eval_limit,
+        "n_per_benchmark": {b: e.n_for(b) for b in preset.benchmarks},
+        "protocol": {"template": e.template, "temperature": e.temperature, "top_p": e.top_p,
+                     "max_tokens": e.max_tokens, "pass_k": list(e.pass_k), "seed": e.seed},
+        "token_budgets": {"eval_max_tokens": e.max_tokens,
+                          "gen_tokens": preset.parts.gen_tokens if preset.parts else None},
+        "runs": runs,
+        "estimate": ({"gpu_hours": total, "device": "one H100", "assumptions": assumptions(preset, data_dir)}
+                     if estimate else None),
+    }
 
 
 @contextmanager
@@ -118,6 +193,9 @@ def reproduce(table: str | None = "main", preset: str = "tiny", plot_dir: str | 
     factory = open_db(url) if (exists or not dry_run) else None
     steps = plan_table(table, p, factory, fresh)
     gpu = p.device.startswith("cuda") and params_b(p.base_model) is not None
+    if dry_run and fmt == "json":
+        print(json.dumps(plan_json(steps, p, table, data_dir, estimate=gpu), indent=1, default=str))
+        return None
     print_plan(steps, p, table, console, data_dir, estimate=dry_run and gpu)
     if dry_run and not gpu:
         console.print(f"{p.name} is a CPU preset: no GPU-hour estimate", highlight=False)
@@ -127,6 +205,9 @@ def reproduce(table: str | None = "main", preset: str = "tiny", plot_dir: str | 
     with stdout_to_stderr():  # vLLM and its engine processes log to stdout; stdout is for the table
         failures = execute(steps, p, factory, data_dir=data_dir, fresh=fresh, console=console)
     result = build_table(table, p, factory, steps)
+    if p.label:
+        result.title += f" [{p.label}]"
+        result.notes.insert(0, f"{p.name}: {p.label}")
     result.notes += [f"not planned: {st.label}: {st.detail}" for st in steps if st.action == "error"]
     result.notes += [f"failed this invocation: {f}" for f in failures]
     console.print(f"runs and evaluations: {time.perf_counter() - t0:.1f} s; table from {display_url(url)}",

@@ -3,8 +3,18 @@
 `tiny` runs the paper end to end on a 2-core CPU in minutes with a model the harness pretrains
 itself (repro/tiny/pretrain.py) on the synthetic arithmetic family (benchmarks/arith.py). `paper`
 and `paper-7b` mirror it field for field with the published setting; every value carries its
-source in a comment, or "our choice" where the paper is silent. A run's config hash is computed
-from these objects, so changing any field makes new runs and leaves old ones in results.db.
+source in a comment, or "our choice" where the paper is silent. `paper-rehearsal` is the paper
+preset with its budgets cut (and a small model built offline, repro/tiny/rehearsal.py), so that
+its whole pipeline runs on a CPU in minutes; its numbers mean nothing. A run's config hash is
+computed from these objects, so changing any field makes new runs and leaves old ones in results.db.
+
+Method configs are COMPOSED, never copied (`MethodParts.compose`): the LatentRevise variants and
+the rescue baselines start from their baseline's settings (`CONFIG_BASE`: lr-sft, resample, hint
+and guided-prefix from the preset's `sft`, lr-grpo from its `grpo`), add the shared LatentRevise
+fields, and stop their mining rollouts and continuations at the preset's generation budget
+(`gen_tokens`: the GRPO rollouts' and the evaluation's max tokens), so a truncated mining rollout
+is never counted as a zero-hit failure that a longer budget would have solved. Derived presets
+(`derive`) cut fields of these parts and compose again, so they keep the same structure.
 """
 
 from __future__ import annotations
@@ -16,47 +26,111 @@ from typing import Any
 from harness.generation import VLLMSettings
 from harness.protocol import EvalProtocol
 
+# Which baseline each composed method starts from (its config must equal the baseline's on every shared field).
+SFT_BASED = ("lr-sft", "resample", "hint", "guided-prefix")
+GRPO_BASED = ("lr-grpo",)
+CONFIG_BASE: dict[str, str] = {**{m: "sft" for m in SFT_BASED}, **{m: "grpo" for m in GRPO_BASED}}
+# The budget fields a reader compares across rows of one table (printed by `--dry-run`); the rest of the
+# shared fields are checked too (tests/test_presets.py), these are the ones that decide compute.
+BUDGET_FIELDS: dict[str, tuple[str, ...]] = {
+    "sft": ("data", "epochs", "max_steps", "batch_size", "lr", "max_len"),
+    "grpo": ("steps", "prompts_per_step", "group_size", "max_tokens", "temperature", "lr"),
+}
+GEN_FIELDS = ("mine_max_tokens", "cont_max_tokens")  # follow the generation budget
+
+
+@dataclass(frozen=True)
+class MethodParts:
+    """What a preset's method configs are composed from: each part is a dict of config fields."""
+
+    sft: dict[str, Any]  # the sft baseline
+    grpo: dict[str, Any]  # the grpo baseline
+    latentrevise: dict[str, Any]  # revision + mining fields shared by every LatentRevise variant and rescue baseline
+    rescue: dict[str, Any]  # the SFT-side rescue methods' mining budget (one screening for all of them)
+    lr_grpo: dict[str, Any]  # lr-grpo's own fields
+    gen_tokens: int  # generation budget: mining rollouts and continuations stop here
+    own: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> fields of its own (none built in)
+
+    def compose(self) -> dict[str, dict[str, Any]]:
+        """method -> config overrides: the baselines as given, every other method on top of its baseline."""
+        shared = {**self.latentrevise, **dict.fromkeys(GEN_FIELDS, self.gen_tokens)}
+        extra = {m: {**shared, **self.rescue} for m in SFT_BASED} | {m: {**shared, **self.lr_grpo} for m in GRPO_BASED}
+        out = {"sft": dict(self.sft), "grpo": dict(self.grpo)}
+        for method, base in CONFIG_BASE.items():
+            fields = {**extra[method], **self.own.get(method, {})}
+            clash = sorted(set(fields) & set(out[base]))
+            if clash:  # a variant must not quietly train with other baseline settings than its baseline
+                raise ValueError(f"{method}: {', '.join(clash)} would override its baseline {base}'s settings")
+            out[method] = {**out[base], **fields}
+        return out
+
+    def cut(self, gen_tokens: int | None = None, **parts: dict[str, Any]) -> MethodParts:
+        """These parts with fields replaced, e.g. `cut(128, grpo={"steps": 2})` (part name -> fields)."""
+        unknown = set(parts) - {f.name for f in dataclasses.fields(self)} - {"gen_tokens", "own"}
+        if unknown:
+            raise ValueError(f"unknown method part(s) {sorted(unknown)}")
+        merged = {name: {**getattr(self, name), **fields} for name, fields in parts.items()}
+        return dataclasses.replace(self, gen_tokens=gen_tokens or self.gen_tokens, **merged)
+
 
 @dataclass(frozen=True)
 class Preset:
     name: str
-    base_model: str  # hub id, local directory, or "tiny" (pretrained on demand, cached)
+    base_model: str  # hub id, local directory, "tiny" or "rehearsal" (built on demand, cached)
     train_set: str  # benchmark registry name of the training prompts
     train_filter: dict[str, Any]  # meta field -> allowed values (e.g. {"level": [...]})
     train_limit: int | None
     benchmarks: tuple[str, ...]
     eval: EvalProtocol
-    methods: dict[str, dict[str, Any]]  # method name -> config overrides for this preset
+    methods: dict[str, dict[str, Any]]  # method name -> config overrides for this preset (MethodParts.compose)
     seed: int = 0
     device: str = "cpu"
     vllm: VLLMSettings = VLLMSettings()
-    tiny_model: dict[str, Any] = field(default_factory=dict)  # overrides for repro.tiny.pretrain.PretrainConfig
+    # overrides for the locally built base model's config: repro.tiny.pretrain.PretrainConfig ("tiny"),
+    # repro.tiny.rehearsal.RehearsalConfig ("rehearsal")
+    tiny_model: dict[str, Any] = field(default_factory=dict)
+    parts: MethodParts | None = None  # what `methods` was composed from (derived presets cut these)
+    eval_limit: int | None = None  # evaluate the first N problems of each benchmark (None: all)
+    label: str = ""  # said in every table's title and notes (e.g. "pipeline check, not a result")
 
     def with_overrides(self, **changes: Any) -> Preset:
         return dataclasses.replace(self, **changes)
 
 
+def derive(base: Preset, name: str, parts: MethodParts | None = None, **changes: Any) -> Preset:
+    """A preset made from `base`: `parts` (usually `base.parts.cut(...)`) composed into its methods."""
+    parts = parts or base.parts
+    if parts is None:
+        raise ValueError(f"preset {base.name!r} has no method parts to derive from")
+    return dataclasses.replace(base, name=name, parts=parts, methods=parts.compose(), **changes)
+
+
 # ---------------------------------------------------------------------------------------------
 # tiny: CPU, offline, minutes. Calibration numbers are in the README.
 # ---------------------------------------------------------------------------------------------
-# SFT lr measured on the tiny model (README): 1e-3 raised the held-out loss (0.0546 -> 0.0624 nats/token),
-# 3e-4 lowers it (-> 0.049) and raises accuracy more
-_TINY_SFT = {"data": "reference", "epochs": 4, "batch_size": 32, "micro_batch_size": 32, "lr": 3e-4,
-             "warmup_ratio": 0.05, "min_lr_ratio": 0.1, "response_prefix": " ", "max_len": 256, "heldout_frac": 0.05}
-# GRPO lr measured on the tiny model (a 2500-step base without story phrasings; README): 1e-3 collapses
-# the training reward within a few steps (Adam's first steps move every weight by ~lr), 2e-4 for 24 steps
-# leaves it flat, 3e-4 with a short warm-up for 64 steps of 32 prompts raises it
-_TINY_GRPO = {"steps": 64, "prompts_per_step": 32, "group_size": 8, "temperature": 1.0, "max_tokens": 96,
-              "lr": 3e-4, "warmup_steps": 4, "micro_batch_size": 32, "save_every": 16}
-# LatentRevise on the tiny model, our choice from a sweep (scripts/rescue_sweep.py, on an earlier 1500-step
-# base model; 256 training prompts, 127 zero-hit; README): rescued 31 with K=3, a constant step of 0.1,
-# a 30 % prefix and 8 continuations per mode, vs 6 with the generic defaults (K=10, harmonic step,
-# 50 % prefix, 4 continuations)
-_TINY_REVISE = {"prefix_frac": 0.3, "step_rule": "const", "step_const": 0.1, "fw_steps": 3, "failed_per_prompt": 1,
-                "cont_samples": 8, "mine_max_tokens": 96}
-# lr-sft, resample and hint: the SFT budget + mining the first 256 training prompts (same screening, same
-# zero-hit prompts, matched compute), so --table rescue compares like with like
-_TINY_RESCUE_SFT = {**_TINY_SFT, **_TINY_REVISE, "mine_prompts": 256, "mine_samples": 8}
+TINY_PARTS = MethodParts(
+    # sized so that `--table main` (base + sft, grpo, lr-sft, lr-grpo) fits ~15 min on an idle 2-core CPU; our choices
+    # SFT lr measured on the tiny model (README): 1e-3 raised the held-out loss (0.0546 -> 0.0624 nats/token),
+    # 3e-4 lowers it (-> 0.049) and raises accuracy more
+    sft={"data": "reference", "epochs": 4, "batch_size": 32, "micro_batch_size": 32, "lr": 3e-4,
+         "warmup_ratio": 0.05, "min_lr_ratio": 0.1, "response_prefix": " ", "max_len": 256, "heldout_frac": 0.05},
+    # GRPO lr measured on the tiny model (a 2500-step base without story phrasings; README): 1e-3 collapses
+    # the training reward within a few steps (Adam's first steps move every weight by ~lr), 2e-4 for 24 steps
+    # leaves it flat, 3e-4 with a short warm-up for 64 steps of 32 prompts raises it
+    grpo={"steps": 64, "prompts_per_step": 32, "group_size": 8, "temperature": 1.0, "max_tokens": 96,
+          "lr": 3e-4, "warmup_steps": 4, "micro_batch_size": 32, "save_every": 16},
+    # LatentRevise on the tiny model, our choice from a sweep (scripts/rescue_sweep.py, on an earlier 1500-step
+    # base model; 256 training prompts, 127 zero-hit; README): rescued 31 with K=3, a constant step of 0.1,
+    # a 30 % prefix and 8 continuations per mode, vs 6 with the generic defaults (K=10, harmonic step,
+    # 50 % prefix, 4 continuations)
+    latentrevise={"prefix_frac": 0.3, "step_rule": "const", "step_const": 0.1, "fw_steps": 3, "failed_per_prompt": 1,
+                  "cont_samples": 8},
+    # lr-sft, resample and hint (and guided-prefix) mine the first 256 training prompts (same screening, same
+    # zero-hit prompts, matched compute), so --table rescue compares like with like
+    rescue={"mine_prompts": 256, "mine_samples": 8},
+    lr_grpo={"revise_max_groups": 4, "insert_per_group": 2},  # revise up to 4 zero-hit groups per step
+    gen_tokens=96,  # = the evaluation's and GRPO's max tokens
+)
 
 TINY = Preset(
     name="tiny",
@@ -68,16 +142,8 @@ TINY = Preset(
     # the longest reference solution is 75 tokens with eos (a 3-digit multiplication by place value)
     eval=EvalProtocol(template="tiny-boxed", temperature=1.0, top_p=1.0, max_tokens=96, n_default=8,
                       pass_k=(1, 4, 8), seed=0),
-    methods={
-        # sized so that `--table main` (base + these four) fits ~15 min on an idle 2-core CPU; our choices
-        "sft": _TINY_SFT,
-        "grpo": _TINY_GRPO,
-        "lr-sft": _TINY_RESCUE_SFT,
-        "resample": _TINY_RESCUE_SFT,
-        "hint": _TINY_RESCUE_SFT,
-        # the GRPO budget + revising up to 4 zero-hit groups per step with the current policy
-        "lr-grpo": {**_TINY_GRPO, **_TINY_REVISE, "revise_max_groups": 4, "insert_per_group": 2},
-    },
+    methods=TINY_PARTS.compose(),
+    parts=TINY_PARTS,
     vllm=VLLMSettings(dtype="float32", cpu_kvcache_gib=1),
     tiny_model={},  # PretrainConfig() defaults are the tiny base model (calibrated: README)
 )
@@ -85,6 +151,40 @@ TINY = Preset(
 # ---------------------------------------------------------------------------------------------
 # paper: Qwen2.5-Math-1.5B on MATH train levels 3-5, the five benchmarks.
 # ---------------------------------------------------------------------------------------------
+PAPER_GEN_TOKENS = 3072  # Qwen2.5-Math's 4096 context minus the prompt: GRPO rollouts, mining and evaluation
+
+PAPER_PARTS = MethodParts(
+    sft={
+        "data": "reference",  # MATH train worked solutions; "rft" = rejection sampling (RFT, Yuan et al. 2023)
+        "lr": 1e-5,  # common full-parameter SFT lr for 1.5B models; our choice
+        "epochs": 3, "batch_size": 64, "micro_batch_size": 8,  # our choice
+        "warmup_ratio": 0.03, "min_lr_ratio": 0.0, "weight_decay": 0.0,  # our choice (cosine to 0)
+        "max_len": 4096,  # Qwen2.5-Math-1.5B's context length
+        "heldout_frac": 0.02,  # our choice
+    },
+    grpo={
+        "group_size": 8,  # rollouts per prompt: SimpleRL-Zoo, Dr. GRPO
+        "temperature": 1.0, "top_p": 1.0,  # SimpleRL-Zoo, Dr. GRPO
+        "lr": 1e-6,  # SimpleRL-Zoo, Dr. GRPO (constant)
+        "warmup_steps": 0, "min_lr_ratio": 1.0,  # constant lr: Dr. GRPO; our choice for warm-up 0
+        "prompts_per_step": 128,  # our choice: one node (SimpleRL-Zoo uses larger prompt batches)
+        "steps": 100,  # our choice: ~1.5 epochs of MATH L3-5 at 128 prompts/step
+        "max_tokens": PAPER_GEN_TOKENS,  # same as the eval protocol
+        "advantage": "grpo",  # std-normalized, sequence-mean loss: DeepSeekMath (drgrpo/dapo are ablations)
+        "clip_low": 0.2,  # PPO / DeepSeekMath
+        "kl_coef": 0.0,  # no KL term: Dr. GRPO, DAPO (SimpleRL-Zoo uses a small one)
+        "inner_updates": 1,  # on-policy, one update per rollout batch: our choice
+        "micro_batch_size": 8,  # memory: our choice
+        "save_every": 10, "store_rollouts": "zero_hit",
+    },
+    latentrevise={},  # the generic ReviseConfig / MiningConfig defaults (methods/latentrevise)
+    # our choice: screen every training prompt with as many samples as a GRPO group, so "zero-hit" means
+    # what it means in a GRPO group of the same run
+    rescue={"mine_prompts": None, "mine_samples": 8},
+    lr_grpo={"revise_max_groups": None, "insert_per_group": 2},  # every zero-hit group of a step; our choice
+    gen_tokens=PAPER_GEN_TOKENS,
+)
+
 PAPER = Preset(
     name="paper",
     base_model="Qwen/Qwen2.5-Math-1.5B",  # the abstract's smallest model; hub id
@@ -93,58 +193,60 @@ PAPER = Preset(
     train_limit=None,
     benchmarks=("math500", "aime24", "aime25", "amc23", "olympiadbench"),
     # temperature 0.6 / top-p 0.95, n=32 on the 30-40 problem sets: the DeepSeek-R1 / DeepScaleR protocol
-    eval=EvalProtocol(template="qwen-boxed", temperature=0.6, top_p=0.95, max_tokens=3072, n_default=4,
+    eval=EvalProtocol(template="qwen-boxed", temperature=0.6, top_p=0.95, max_tokens=PAPER_GEN_TOKENS, n_default=4,
                       n_per_benchmark={"aime24": 32, "aime25": 32, "amc23": 32}, pass_k=(1, 8, 32), seed=0),
-    methods={
-        "sft": {
-            "data": "reference",  # MATH train worked solutions; "rft" = rejection sampling (RFT, Yuan et al. 2023)
-            "lr": 1e-5,  # common full-parameter SFT lr for 1.5B models; our choice
-            "epochs": 3, "batch_size": 64, "micro_batch_size": 8,  # our choice
-            "warmup_ratio": 0.03, "min_lr_ratio": 0.0, "weight_decay": 0.0,  # our choice (cosine to 0)
-            "max_len": 4096,  # Qwen2.5-Math-1.5B's context length
-            "heldout_frac": 0.02,  # our choice
-        },
-        "grpo": {
-            "group_size": 8,  # rollouts per prompt: SimpleRL-Zoo, Dr. GRPO
-            "temperature": 1.0, "top_p": 1.0,  # SimpleRL-Zoo, Dr. GRPO
-            "lr": 1e-6,  # SimpleRL-Zoo, Dr. GRPO (constant)
-            "warmup_steps": 0, "min_lr_ratio": 1.0,  # constant lr: Dr. GRPO; our choice for warm-up 0
-            "prompts_per_step": 128,  # our choice: one node (SimpleRL-Zoo uses larger prompt batches)
-            "steps": 100,  # our choice: ~1.5 epochs of MATH L3-5 at 128 prompts/step
-            "max_tokens": 3072,  # Qwen2.5-Math's 4096 context minus the prompt; same as the eval protocol
-            "advantage": "grpo",  # std-normalized, sequence-mean loss: DeepSeekMath (drgrpo/dapo are ablations)
-            "clip_low": 0.2,  # PPO / DeepSeekMath
-            "kl_coef": 0.0,  # no KL term: Dr. GRPO, DAPO (SimpleRL-Zoo uses a small one)
-            "inner_updates": 1,  # on-policy, one update per rollout batch: our choice
-            "micro_batch_size": 8,  # memory: our choice
-            "save_every": 10, "store_rollouts": "zero_hit",
-        },
-    },
+    methods=PAPER_PARTS.compose(),
+    parts=PAPER_PARTS,
     device="cuda",
     vllm=VLLMSettings(dtype="bfloat16", gpu_memory_utilization=0.5),  # half the card: the trainer is colocated
 )
 
 PAPER_7B = PAPER.with_overrides(name="paper-7b", base_model="Qwen/Qwen2.5-Math-7B")
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (TINY, PAPER, PAPER_7B)}
+# ---------------------------------------------------------------------------------------------
+# paper-rehearsal: the paper preset's pipeline on a CPU in minutes (`--table main --preset paper-rehearsal`).
+# Same training set and filter, the five benchmarks, the qwen-boxed chat template, the real grader, mining
+# over MATH prompts, vLLM with weight sync; a ~0.2M-parameter model built offline (repro/tiny/rehearsal.py);
+# every budget cut. Its accuracy is ~0: a pipeline check, not a result.
+# ---------------------------------------------------------------------------------------------
+REHEARSAL_GEN_TOKENS = 256  # our choice: cut from 3072 so each engine call takes seconds on a CPU
+PAPER_REHEARSAL = derive(
+    PAPER, "paper-rehearsal",
+    PAPER_PARTS.cut(
+        REHEARSAL_GEN_TOKENS,
+        sft={"epochs": 1, "batch_size": 4, "micro_batch_size": 2},  # 2 optimizer steps on the 7 training problems
+        grpo={"steps": 2, "prompts_per_step": 4, "max_tokens": REHEARSAL_GEN_TOKENS, "save_every": 1},
+    ),
+    base_model="rehearsal",
+    train_limit=8,  # the first 8 MATH L3-5 problems (the rehearsal model half-memorizes their answers)
+    eval=dataclasses.replace(PAPER.eval, max_tokens=REHEARSAL_GEN_TOKENS, n_default=2, pass_k=(1, 2),
+                             n_per_benchmark={b: 2 for b in PAPER.eval.n_per_benchmark}),
+    eval_limit=2,  # the first 2 problems of each benchmark
+    device="cpu",
+    vllm=VLLMSettings(dtype="float32", cpu_kvcache_gib=1),
+    label="pipeline check, not a result: a ~0.2M-parameter model built offline, every budget cut",
+)
+
+# ---------------------------------------------------------------------------------------------
+# tiny-smoke: the tiny preset with every method cut to a few steps, to check the whole pipeline
+# (`reproduce.py --table main --preset tiny-smoke`) in minutes. Its numbers mean nothing.
+# ---------------------------------------------------------------------------------------------
+TINY_SMOKE = derive(
+    TINY, "tiny-smoke",
+    TINY_PARTS.cut(
+        sft={"epochs": 1, "lr": 5e-4},
+        grpo={"steps": 2, "prompts_per_step": 16, "group_size": 4},
+        rescue={"mine_prompts": None, "mine_samples": 4},
+        latentrevise={"cont_samples": 2},
+    ),
+    train_limit=64,
+    label="smoke test, not a result",
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (TINY, TINY_SMOKE, PAPER, PAPER_7B, PAPER_REHEARSAL)}
 
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
     return PRESETS[name]
-
-# ---------------------------------------------------------------------------------------------
-# tiny-smoke: the tiny preset with every method cut to a few steps, to check the whole pipeline
-# (`reproduce.py --table main --preset tiny-smoke`) in minutes. Its numbers mean nothing.
-# ---------------------------------------------------------------------------------------------
-_SMOKE_SFT = {"epochs": 1, "batch_size": 32, "micro_batch_size": 32, "lr": 5e-4, "response_prefix": " ", "max_len": 256}
-_SMOKE_GRPO = {"steps": 2, "prompts_per_step": 16, "group_size": 4, "max_tokens": 96, "micro_batch_size": 32}
-_SMOKE_MINE = {"mine_samples": 4, "mine_max_tokens": 96, "failed_per_prompt": 1, "cont_samples": 2, "fw_steps": 3}
-TINY_SMOKE = TINY.with_overrides(
-    name="tiny-smoke", train_limit=64,
-    methods={"sft": _SMOKE_SFT, "grpo": _SMOKE_GRPO, "lr-sft": {**_SMOKE_SFT, **_SMOKE_MINE},
-             "lr-grpo": {**_SMOKE_GRPO, **_SMOKE_MINE, "revise_max_groups": 4},
-             "resample": {**_SMOKE_SFT, **_SMOKE_MINE}, "hint": {**_SMOKE_SFT, **_SMOKE_MINE}},
-)
-PRESETS[TINY_SMOKE.name] = TINY_SMOKE

@@ -40,15 +40,26 @@ def base_model_identity(preset: Preset) -> dict[str, Any]:
         from repro.tiny.pretrain import PretrainConfig
 
         return {"base_model": "tiny", "pretrain": asdict(PretrainConfig.from_overrides(preset.tiny_model))}
+    if preset.base_model == "rehearsal":  # its recipe + what it memorizes (the preset's training prompts)
+        from repro.tiny.rehearsal import RehearsalConfig
+
+        return {"base_model": "rehearsal", "build": asdict(RehearsalConfig.from_overrides(preset.tiny_model)),
+                "memorizes": {"train_set": preset.train_set, "train_filter": preset.train_filter,
+                              "train_limit": preset.train_limit, "template": preset.eval.template}}
     return {"base_model": preset.base_model}
 
 
-def resolve_base_model(preset: Preset, progress: bool = True) -> str:
+def resolve_base_model(preset: Preset, progress: bool = True, data_dir: str | None = None) -> str:
     """A loadable model reference: hub id, directory, or the tiny model (pretrained once, cached)."""
     if preset.base_model == "tiny":
         from repro.tiny.pretrain import PretrainConfig, ensure_tiny_base
 
         return str(ensure_tiny_base(PretrainConfig.from_overrides(preset.tiny_model), progress=progress))
+    if preset.base_model == "rehearsal":
+        from repro.tiny.rehearsal import RehearsalConfig, ensure_rehearsal_base
+
+        return str(ensure_rehearsal_base(RehearsalConfig.from_overrides(preset.tiny_model), preset.eval.template,
+                                         load_train_prompts(preset, data_dir)))
     return preset.base_model
 
 
@@ -130,7 +141,7 @@ def evaluate_run(factory: sessionmaker[Session], run: Run, preset: Preset, *, da
     with grader_scope(grader) as grader:
         return evaluate_model(factory, run.id, run.checkpoint, list(preset.benchmarks), data_dir=data_dir,
                               protocol=preset.eval, make_generator=generator_factory(preset, backend), grader=grader,
-                              progress=progress)
+                              limit=preset.eval_limit, progress=progress)
 
 
 def _reload(factory: sessionmaker[Session], run_id: int) -> Run:

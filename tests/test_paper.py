@@ -187,3 +187,66 @@ def test_a_failing_method_is_noted_and_the_rest_still_print(db_url, capsys, monk
     assert "failed this invocation: grpo: RuntimeError: grpo exploded" in t.notes
     assert "grpo failed" in out.err and "| lr-grpo |" in out.out
     assert any(n.startswith("lr-grpo: baseline grpo has no row") for n in t.notes)
+
+
+def test_paper_dry_run_json_matches_the_preset(tmp_path, capsys, offline):
+    """`--preset paper --dry-run --format json`: methods, hashes, benchmarks, n per benchmark and token budgets
+    as the preset says, every variant like for like with its baseline, the estimate with its assumptions."""
+    db = tmp_path / "results.db"
+    assert pipeline.reproduce(table="main", preset="paper", dry_run=True, fmt="json", db=str(db)) is None
+    got = json.loads(capsys.readouterr().out)
+    assert not db.exists()
+    assert [r["method"] for r in got["runs"]] == list(FIVE_METHODS)
+    assert [r["config_hash"] for r in got["runs"]] == [plan.run_hash(PAPER, m) for m in FIVE_METHODS]
+    assert got["benchmarks"] == list(PAPER.benchmarks) and got["base_model"] == PAPER.base_model
+    assert got["n_per_benchmark"] == {"math500": 4, "aime24": 32, "aime25": 32, "amc23": 32, "olympiadbench": 4}
+    assert got["protocol"]["max_tokens"] == got["token_budgets"]["eval_max_tokens"] == 3072
+    assert got["train"] == {"set": "math_train", "filter": {"level": ["Level 3", "Level 4", "Level 5"]},
+                            "limit": None, "problems": 5586, "counted": "published size (assumed)"}
+    runs = {r["method"]: r for r in got["runs"]}
+    for m, base in (("lr-sft", "sft"), ("lr-grpo", "grpo")):
+        b = runs[m]["budget"]
+        assert b["baseline"] == base and b["differs"] == [] and b["n_shared"] > 10
+        assert {k: v for k, v in b["fields"].items() if k in runs[base]["budget"]["fields"]} == \
+            runs[base]["budget"]["fields"]
+        assert b["fields"]["mine_max_tokens"] == b["fields"]["cont_max_tokens"] == 3072
+    assert runs["grpo"]["config"]["max_tokens"] == runs["lr-grpo"]["config"]["max_tokens"] == 3072
+    assert runs["lr-grpo"]["config"]["prompts_per_step"] == 128 and runs["lr-sft"]["config"]["max_len"] == 4096
+    assert runs["base"]["config"] is None and runs["base"]["budget"] is None
+    total = sum(r["estimate"]["gpu_hours"] for r in got["runs"])
+    assert got["estimate"]["gpu_hours"] == pytest.approx(total) and total > 1.0
+    assert any("built config" in a for a in got["estimate"]["assumptions"])
+    assert "128 prompts x 8 rollouts x 768 tok" in runs["lr-grpo"]["estimate"]["how"]
+
+
+def test_dry_run_prints_like_for_like_budgets(tmp_path, capsys, offline):
+    pipeline.reproduce(table="main", preset="paper", dry_run=True, db=str(tmp_path / "r.db"))
+    out = capsys.readouterr().out
+    assert "budgets: each LatentRevise variant" in out
+    for m, base in (("lr-sft", "sft"), ("lr-grpo", "grpo")):
+        assert re.search(rf"│ {m}\s+│ {base}\s+│ .*max_\w+=\d+.*│ yes \(\d+ fields\)", out), out
+
+
+def test_budgets_name_a_field_that_differs_from_the_baseline():
+    st = plan.Step("lr-grpo", "lr-grpo")
+    bad = PAPER.with_overrides(methods={**PAPER.methods, "lr-grpo": {**PAPER.methods["lr-grpo"], "max_tokens": 1024}})
+    assert pipeline.budgets(st, bad)["differs"] == ["max_tokens"]
+    # the plan's own overrides (an ablation's field, mining only) are deliberate, not a mismatch
+    assert pipeline.budgets(plan.Step("x", "lr-sft", {"max_steps": 0}), PAPER)["differs"] == []
+
+
+def test_lr_grpo_costs_grpo_plus_its_revisions():
+    """Same budget as grpo when it revises nothing; the online revisions on top otherwise (no screening pass)."""
+    from repro.runs import run_config
+
+    grpo = cost.estimate_tokens("grpo", run_config(PAPER, "grpo")[0], 5586, 0.25)
+    off = cost.estimate_tokens("lr-grpo", run_config(PAPER, "lr-grpo", {"revise_every": 0})[0], 5586, 0.25)
+    on = cost.estimate_tokens("lr-grpo", run_config(PAPER, "lr-grpo")[0], 5586, 0.25)
+    assert off[:2] == grpo[:2]
+    cfg = run_config(PAPER, "lr-grpo")[0]
+    revisions = cfg.steps * cfg.prompts_per_step * cost.ZERO_HIT_FRAC * cfg.failed_per_prompt
+    length = 0.25 * cfg.max_tokens
+    prefix = min(cfg.prefix_max_tokens, cfg.prefix_frac * length)
+    away = min(cfg.away_max_tokens, length - prefix)
+    assert on[1] - grpo[1] == pytest.approx(revisions * cfg.fw_steps * 2 * (prefix + cost.GOLD_TOKENS + away))
+    assert on[0] - grpo[0] == pytest.approx(revisions * 2 * cfg.cont_samples * (length - prefix))
