@@ -277,9 +277,10 @@ def test_keep_if_better_keeps_each_examples_lowest_iterate():
 # ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, allowed", [
-    ("step_rule", "harmonic | const | line-search"), ("loss_terms", "both | gold | away"),
-    ("away_form", "unlikelihood | clipped-nll"), ("discretize", "max-weight | nearest"),
-    ("oracle_dtype", "model | float32")])
+    ("step_rule", "harmonic | const | line-search | gap-topm | gcg"), ("loss_terms", "both | gold | away | none"),
+    ("away_form", "unlikelihood | clipped-nll"), ("discretize", "max-weight | nearest | sample"),
+    ("oracle_dtype", "model | float32"), ("objective", "gold-after-prefix | gold-in-rollout | self-contrast"),
+    ("contrast_fallback", "gold-after-prefix | gold-in-rollout")])
 def test_config_rejects_an_unknown_choice_naming_the_field_and_the_choices(name, allowed):
     with pytest.raises(ValueError) as err:
         ReviseConfig(**{name: "bogus"})
