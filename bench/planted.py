@@ -33,14 +33,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-BASE = {"fw_steps": 3, "step_rule": "gap-topm", "flip_positions": 1, "away_weight": 0.5}
+BASE = {"fw_steps": 3, "step_rule": "gap-topm", "flip_positions": 1, "away_weight": 0.5, "fluency_weight": 0.0}
 CONFIGS: dict[str, dict[str, Any]] = {
     # the objectives with a step rule that can flip tokens (one position per step, K=3)
     "gold-after-prefix": {"objective": "gold-after-prefix"},
     "gold-in-rollout": {"objective": "gold-in-rollout"},
     "answer-away": {"objective": "gold-in-rollout", "loss_terms": "away"},
     "self-contrast": {"objective": "self-contrast"},
-    "fluency": {"loss_terms": "none", "fluency_weight": 1.0},
+    "fluency": {"objective": "fluency", "fluency_weight": 1.0},
     "gold-after-prefix+fluency": {"objective": "gold-after-prefix", "fluency_weight": 1.0},
     "gold-in-rollout+fluency": {"objective": "gold-in-rollout", "fluency_weight": 1.0},
     "self-contrast+fluency": {"objective": "self-contrast", "fluency_weight": 1.0},

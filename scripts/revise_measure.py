@@ -11,6 +11,7 @@ zero-hit prompts (one failed rollout each, `--samples` continuations per arm, th
 every arm): accuracy of free continuations from p (unrevised), p' (discrete) and Z (latent), the
 paired difference revised - unrevised with a bootstrap 95% CI, a sign-flip permutation p-value and
 the minimum detectable effect (80% power, two-sided 5%: 2.8 x sd(differences) / sqrt(prompts)); the
+same for USABLE accuracy (correct, not leaking, honest text, true arithmetic steps); the
 share of prompts with >= 1 correct continuation per arm; the share of revisions with p' != p and of
 positions changed; the valid-step rate of the revised arms' correct trajectories; FTE spent and
 saved by dedupe. Three example revisions (p, p', top vertices) of `--examples-from`.
@@ -25,13 +26,14 @@ import argparse
 import hashlib
 import json
 import math
+import pickle
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 BASE = {"mine_samples": 8, "mine_max_tokens": 96, "failed_per_prompt": 1, "cont_samples": 8, "prefix_frac": 0.3,
-        "fw_steps": 3, "step_rule": "gap-topm", "flip_positions": 1}
+        "fw_steps": 3, "step_rule": "gap-topm", "flip_positions": 1, "fluency_weight": 0.0}  # each config adds its own
 CONFIGS: dict[str, dict[str, Any]] = {
     "K0": {"fw_steps": 0},
     "old-tiny": {"objective": "gold-after-prefix", "step_rule": "const", "step_const": 0.1},
@@ -40,7 +42,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "gold-in-rollout": {"objective": "gold-in-rollout"},
     "answer-away": {"objective": "gold-in-rollout", "loss_terms": "away"},
     "self-contrast": {"objective": "self-contrast"},
-    "fluency": {"loss_terms": "none", "fluency_weight": 1.0},
+    "fluency": {"objective": "fluency", "fluency_weight": 1.0},
     "gold-in-rollout+fluency": {"objective": "gold-in-rollout", "fluency_weight": 1.0},
     "self-contrast+fluency": {"objective": "self-contrast", "fluency_weight": 1.0},
     "gold-in-rollout+fluency/gcg": {"objective": "gold-in-rollout", "fluency_weight": 1.0, "step_rule": "gcg"},
@@ -91,6 +93,7 @@ def summarize(name: str, outcomes, stats: dict[str, Any], wall: float) -> dict[s
     revs = [(o.problem_id, r) for o in outcomes for r in o.revisions]
     acc = {arm: [r["arms"][arm]["correct"] / r["arms"][arm]["n"] for _, r in revs if arm in r["arms"]]
            for arm in ("unrevised", "discrete", "latent")}
+    good = {arm: [r["arms"][arm]["usable"] / r["arms"][arm]["n"] for _, r in revs if arm in r["arms"]] for arm in acc}
     hit = {arm: [float(r["arms"][arm]["correct"] > 0) for _, r in revs if arm in r["arms"]] for arm in acc}
     trajs = [t for o in outcomes for t in o.trajectories]
     checked = [t.valid_steps for t in trajs if t.valid_steps is not None]
@@ -98,6 +101,7 @@ def summarize(name: str, outcomes, stats: dict[str, Any], wall: float) -> dict[s
            "p_changed": stats["p_changed_frac"], "changed_frac": stats["changed_frac_mean"],
            "objectives": sorted({r["objective"] for _, r in revs}),
            "acc": {k: (sum(v) / len(v) if v else None) for k, v in acc.items()},
+           "acc_usable": {k: (sum(v) / len(v) if v else None) for k, v in good.items()},
            "any_correct": {k: (sum(v) / len(v) if v else None) for k, v in hit.items()},
            "rescue_rate": stats["rescue_rate"], "n_rescued": stats["n_rescued"],
            "n_rescued_usable": stats["n_rescued_usable"], "valid_step_rate": stats["valid_step_rate"],
@@ -108,6 +112,7 @@ def summarize(name: str, outcomes, stats: dict[str, Any], wall: float) -> dict[s
         if acc[arm] and len(acc[arm]) == len(acc["unrevised"]):
             out[f"paired_{arm}"] = paired_summary(acc[arm], acc["unrevised"])
             out[f"paired_{arm}_any"] = paired_summary(hit[arm], hit["unrevised"])
+            out[f"paired_{arm}_usable"] = paired_summary(good[arm], good["unrevised"])
     return out
 
 
@@ -139,6 +144,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="NAME=JSON: an extra configuration")
     ap.add_argument("--examples-from", default=None, help="configuration whose example revisions are printed")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--screen-cache", default=None, help="pickle of the screening: reused when it exists")
     a = ap.parse_args()
 
     import torch
@@ -167,7 +173,13 @@ def main() -> None:
     run, _ = get_or_create_run(db, method="screen", model=str(path), preset="tiny", seed=0, config=base)
     ctx = RunContext(run_id=run.id, db=db, out_dir=out_dir, template=TINY.eval.template, grader=grader, progress=False)
     t0 = time.perf_counter()
-    screened = screen(load_train_prompts(TINY)[: a.prompts], gen, tok, LatentReviseConfig(**base), ctx)
+    cache = Path(a.screen_cache) if a.screen_cache else None
+    if cache and cache.is_file():
+        screened = pickle.loads(cache.read_bytes())[: a.prompts]
+    else:
+        screened = screen(load_train_prompts(TINY)[: a.prompts], gen, tok, LatentReviseConfig(**base), ctx)
+        if cache:
+            cache.write_bytes(pickle.dumps(screened))
     zero = [s for s in screened if s.zero_hit]
     print(f"{len(screened)} prompts screened at n={base['mine_samples']}: {len(zero)} zero-hit "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -199,14 +211,17 @@ def table(rows: list[dict[str, Any]]) -> str:
     pval = lambda s: "-" if s is None else f"{s['p']:.2g}"
     mde = lambda s: "-" if s is None else f"{100 * s['mde']:.1f}"
     lines = ["| config | revisions | p' != p | pos. changed | acc p | acc p' | diff p'-p [95% CI] | p | MDE | "
-             "acc Z | diff Z-p [95% CI] | p | >=1 correct p / p' / Z | valid steps | FTE / zero-hit | dedupe saved |",
-             "|" + "---|" * 16]
+             "acc Z | diff Z-p [95% CI] | p | usable acc p / p' | diff usable p'-p [95% CI] | p | "
+             ">=1 correct p / p' / Z | valid steps | FTE / zero-hit | dedupe saved |",
+             "|" + "---|" * 19]
     for r in rows:
         d, z, acc, hit = r.get("paired_discrete"), r.get("paired_latent"), r["acc"], r["any_correct"]
+        u, good = r.get("paired_discrete_usable"), r["acc_usable"]
         lines.append(
             f"| {r['name']} | {r['n_revisions']} | {pct(r['p_changed'])} % | {pct(r['changed_frac'])} % | "
             f"{pct(acc['unrevised'])} | {pct(acc['discrete'])} | {ci(d)} | {pval(d)} | {mde(d)} | "
-            f"{pct(acc['latent'])} | {ci(z)} | {pval(z)} | {pct(hit['unrevised'])} / {pct(hit['discrete'])} / "
+            f"{pct(acc['latent'])} | {ci(z)} | {pval(z)} | {pct(good['unrevised'])} / {pct(good['discrete'])} | "
+            f"{ci(u)} | {pval(u)} | {pct(hit['unrevised'])} / {pct(hit['discrete'])} / "
             f"{pct(hit['latent'])} | {pct(r['valid_step_rate'])} % (n={r['n_checked']}) | "
             f"{r['fte_per_zero_hit']:.0f} | {r['dedup_saved_fte']:.0f} |")
     return "\n".join(lines)

@@ -74,7 +74,8 @@ TOK = CharTok()
 ids = lambda s: TOK(s).input_ids
 # a one-token revisable prefix "a" (L = 1), one Frank-Wolfe step that flips the top-gap position
 ONE_FLIP = dict(prefix_len=1, fw_steps=1, step_rule="gap-topm", flip_gamma=1.0, reuse_prompt_cache=False,
-                gold_template="{answer}", keep_best=False, exclude_special=True)
+                gold_template="{answer}", keep_best=False, exclude_special=True, fluency_weight=0.0)
+GOLD = dict(objective="gold-after-prefix", fluency_weight=0.0)  # the first reading, no fluency term
 
 
 def revise_one(logits, rollout: str, gold: str = "g", contrast=None, **cfg):
@@ -139,7 +140,7 @@ def test_self_contrast_moves_toward_the_correct_samples_and_falls_back_without_o
 
 def test_fluency_direct_term_picks_the_models_own_next_token():
     # position 0 is predicted from the prompt alone: no gradient reaches Z, only the direct term moves it
-    r = revise_one({("q", "p"): 4.0}, "aw", loss_terms="none", fluency_weight=1.0)
+    r = revise_one({("q", "p"): 4.0}, "aw", objective="fluency", fluency_weight=1.0)
     assert picked(r) == "q" and TOK.decode(r.discrete_ids) == "q"
     assert r.fluency_loss[1] < r.fluency_loss[0]
     assert r.gold_loss == [None, None] and r.away_loss == [None, None]
@@ -186,7 +187,7 @@ def test_gap_topm_flips_at_most_m_positions_per_step_and_stays_a_vertex(tiny):
 
 def test_gcg_never_raises_the_objective_and_flips_one_token_per_step(tiny):
     model, tok = tiny
-    cfg = ReviseConfig(fw_steps=4, step_rule="gcg", gcg_candidates=3, prefix_frac=0.6, away_weight=0.5)
+    cfg = ReviseConfig(**GOLD, fw_steps=4, step_rule="gcg", gcg_candidates=3, prefix_frac=0.6, away_weight=0.5)
     for r in Reviser(model, tok, cfg).revise(make_items(tok)):
         total = [g + 0.5 * a for g, a in zip(r.gold_loss, r.away_loss)]
         assert all(b <= a + 1e-6 for a, b in zip(total, total[1:])), total
@@ -196,10 +197,10 @@ def test_gcg_never_raises_the_objective_and_flips_one_token_per_step(tiny):
 
 def test_const_small_step_keeps_p_and_harmonic_keeps_little_of_the_original(tiny):
     model, tok = tiny
-    const = Reviser(model, tok, ReviseConfig(fw_steps=3, step_rule="const", step_const=0.1, keep_best=False))
+    const = Reviser(model, tok, ReviseConfig(**GOLD, fw_steps=3, step_rule="const", step_const=0.1, keep_best=False))
     for r in const.revise(make_items(tok)):  # the original keeps 0.9^3 = 0.73 > 1/2 at every position
         assert r.discrete_ids == r.prefix_ids and r.changed_frac == 0.0 and not r.is_vertex
-    harmonic = Reviser(model, tok, ReviseConfig(fw_steps=10, keep_best=False))
+    harmonic = Reviser(model, tok, ReviseConfig(**GOLD, fw_steps=10, step_rule="harmonic", keep_best=False))
     checked = 0
     for r in harmonic.revise(make_items(tok)):  # 2 / ((K+1)(K+2)) = 1/66 left on the original token
         for i, t in enumerate(r.prefix_ids):
@@ -242,7 +243,7 @@ def test_batch_fte_charges_padding_and_prediction_matches(tiny):
 
 
 @pytest.mark.parametrize("bad", [dict(flip_positions=0), dict(flip_gamma=0.0), dict(gcg_candidates=0),
-                                 dict(contrast_max=0), dict(fluency_weight=-1.0), dict(loss_terms="none"),
+                                 dict(contrast_max=0), dict(fluency_weight=-1.0), dict(objective="fluency", fluency_weight=0.0),
                                  dict(hull=False, step_rule="gcg"), dict(hull=False, fluency_weight=1.0)])
 def test_new_config_fields_are_checked(bad):
     with pytest.raises(ValueError, match="ReviseConfig: "):

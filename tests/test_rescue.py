@@ -19,6 +19,9 @@ from methods.resample import MatchedRescueConfig, rescue_resample
 
 PROBLEMS = [Problem(f"p{i}", f"Compute {a} + {b}.", str(a + b)) for i, (a, b) in enumerate([(12, 9), (40, 7), (3, 88)])]
 SMALL = dict(mine_samples=2, mine_max_tokens=12, cont_samples=2, failed_per_prompt=1, fw_steps=2, prefix_frac=0.5)
+# planted generators answer from the latent prefix: a step rule that leaves Z off-vertex (the default keeps Z a
+# vertex, deduplicating the latent arm), and every latent text accepted (the honest-text rule has its own test)
+LATENT = dict(SMALL, step_rule="harmonic", latent_text_margin=1e9)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -108,16 +111,16 @@ def test_planted_rescue_becomes_training_data_and_leak_is_excluded(tiny_model_di
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     ctx = make_ctx(db_url, tmp_path, grader, lambda m: PlantedGenerator(tok))
     problems = [Problem("q0", "Compute 2 + 2.", "4")]
-    res = mine(str(tiny_model_dir), problems, LatentReviseConfig(**SMALL), ctx, rescue_latentrevise, "latentrevise")
+    res = mine(str(tiny_model_dir), problems, LatentReviseConfig(**LATENT), ctx, rescue_latentrevise, "latentrevise")
     st = res.stats
     assert st["n_zero_hit"] == 1 and st["rescue_rate"] == 1.0 and st["clean_rescue_rate"] == 1.0
     assert st["leak_frac"] == pytest.approx(0.5)  # the bare discrete continuations are flagged
     modes = {(t.mode, t.leakage) for o in res.outcomes for t in o.trajectories}
     assert modes == {("latent", False), ("discrete", True)}
     assert len(res.pairs) == 1 and res.pairs[0][1].endswith("so 2 + 2 = 4. The answer is \\boxed{4}.")
-    cfg_leaky = LatentReviseConfig(**SMALL, include_leaky=True)
+    cfg_leaky = LatentReviseConfig(**LATENT, include_leaky=True)
     assert len(training_pairs(res.outcomes, cfg_leaky)) == 2
-    assert training_pairs(res.outcomes, LatentReviseConfig(**SMALL, train_prefix="discrete")) == []
+    assert training_pairs(res.outcomes, LatentReviseConfig(**LATENT, train_prefix="discrete")) == []
     with session_scope(ctx.db) as s:
         rev = s.query(Revision).filter_by(run_id=ctx.run_id).one()
         assert rev.rescued and rev.leakage
@@ -165,7 +168,7 @@ def test_lr_grpo_end_to_end_inserts_rescued_samples(tiny_model_dir, db_url, tmp_
     ctx = make_ctx(db_url, tmp_path, grader, lambda m: PlantedEngine(tok), name="lr-grpo")
     problems = [Problem(f"q{i}", f"Compute 2 + 2. ({i})", "4") for i in range(3)]
     cfg = LRGRPOConfig(steps=2, prompts_per_step=3, group_size=4, max_tokens=12, lr=3e-3, micro_batch_size=8,
-                       save_every=0, store_rollouts="all", insert_per_group=2, **SMALL)
+                       save_every=0, store_rollouts="all", insert_per_group=2, **LATENT)
     ckpt = LRGRPO().train(str(tiny_model_dir), problems, cfg, ctx)
     with session_scope(ctx.db) as s:
         steps = s.query(TrainStep).filter_by(run_id=ctx.run_id, phase="grpo").order_by(TrainStep.step).all()

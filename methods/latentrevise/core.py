@@ -6,10 +6,10 @@ EMBEDDINGS of y's reasoning prefix p (its first L tokens) are optimized:
     min_Z  Toward(x, Z) + away_weight * Away(x, Z) + fluency_weight * Fluency(x, Z)
     Z_i = sum_v w_iv e_v,  w_i on the simplex (Z_i in conv{e_v : v in vocab})
 
-OBJECTIVES (`objective`; `loss_terms` keeps both terms, only one, or "none" = fluency alone). Each
-term is a teacher-forced loss on a suffix read after [x ; Z]; its gradient reaches Z only through
-the model (dTerm/dZ), so a term can steer the prefix only as far as the frozen model lets the
-suffix depend on the prefix.
+OBJECTIVES (`objective`; `loss_terms` keeps both of its terms or only one). Each gold term is a
+teacher-forced loss on a suffix read after [x ; Z]; its gradient reaches Z only through the model
+(dTerm/dZ), so a term can steer the prefix only as far as the frozen model lets the suffix depend
+on the prefix.
 - "gold-after-prefix" (the first reading): Toward = NLL of the answer sentence
   " The answer is \\boxed{a*}." right after Z (gradient: make the model state a* right now);
   Away = unlikelihood of the failed continuation c, mean_t -log(1 - p(c_t)) over its first
@@ -24,7 +24,9 @@ suffix depend on the prefix.
   Toward = mean NLL of the correct ones (gradient: make the prefix lead to what the model itself
   wrote when it got it right), Away = mean unlikelihood of the wrong ones; up to `contrast_max` of
   each. When none is correct the example falls back to `contrast_fallback`.
-- Fluency (`fluency_weight`, any objective): the model's own cross-entropy of the revised positions,
+- "fluency": no gold term at all, only the fluency term below (the gold answer then enters only
+  through verification of the continuations).
+- Fluency (`fluency_weight`, added to any objective): the model's own cross-entropy of the revised positions,
   mean_i -sum_v w_iv log p(v | x, Z_<i). Its gradient over the weights has a part through the
   embeddings (later positions' predictions) and a DIRECT part, -log p(v | x, Z_<i) for every vertex
   v, which the oracle adds to <G_i, e_v>: the step moves a position toward tokens the model itself
@@ -56,6 +58,15 @@ The oracle is CHUNKED over the vocabulary (`oracle_chunk` rows of E at a time): 
 never B x L x V; special tokens and embedding rows past the tokenizer are never picked. The
 `discretize` rule maps the final weights to p': the heaviest vertex, the nearest embedding row, or
 a draw from the weights ("sample", seeded per item).
+
+DEFAULTS (chosen by measurement on the tiny preset, repro/presets.py _TINY_REVISE has the numbers):
+objective "fluency" with step rule "gap-topm", M=1. bench/planted.py plants a wrong digit in the first
+step's result: the fluency term puts the right digit back in 87 % of cases (chance 10 %), every gold
+term alone in 0-5 %. On 235 zero-hit prompts (scripts/revise_measure.py) every gold term alone makes
+free continuations from p' significantly LESS often usable (correct, clean, true steps) than from p
+(-0.9 to -2.6 points), and adding gold terms to fluency changes nothing measurable; with longer
+prefixes they raise raw accuracy only by writing answer digits or false arithmetic into p'. Read:
+on this model the gold answer is no guide for the revision, the model's own likelihood is.
 
 Other choices, as `ReviseConfig` fields:
 - cost: the prompt is run once per batch and its KV cache reused by all K steps through a
@@ -103,10 +114,10 @@ from harness.config import check_choices
 DEFAULT_GOLD_TEMPLATE = " The final answer is \\boxed{{answer}}."  # "{answer}" is replaced
 TINY_GOLD_TEMPLATE = " The answer is \\boxed{{answer}}."  # the arith solutions' own closing sentence
 
-Objective = Literal["gold-after-prefix", "gold-in-rollout", "self-contrast"]
+Objective = Literal["gold-after-prefix", "gold-in-rollout", "self-contrast", "fluency"]
 Fallback = Literal["gold-after-prefix", "gold-in-rollout"]
 StepRule = Literal["harmonic", "const", "line-search", "gap-topm", "gcg"]
-LossTerms = Literal["both", "gold", "away", "none"]
+LossTerms = Literal["both", "gold", "away"]
 AwayForm = Literal["unlikelihood", "clipped-nll"]
 Discretize = Literal["max-weight", "nearest", "sample"]
 OracleDtype = Literal["model", "float32"]
@@ -122,7 +133,7 @@ class ReviseConfig:
     prefix_len: int | None = None  # a fixed L (still < |y|); overrides prefix_frac
     revise_last: int | None = None  # M: revise only the last M prefix positions (None = all L)
     fw_steps: int = 10  # K
-    step_rule: StepRule = "harmonic"  # harmonic | const | line-search | gap-topm | gcg (docstring: effect on p')
+    step_rule: StepRule = "gap-topm"  # harmonic | const | line-search | gap-topm | gcg (docstring: effect on p')
     step_const: float = 0.3
     line_search_grid: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
     flip_positions: int = 1  # gap-topm: positions moved per step (largest Frank-Wolfe gap first)
@@ -130,11 +141,11 @@ class ReviseConfig:
     gcg_candidates: int = 4  # gcg: single-position flips evaluated by the true objective per step
     hull: bool = True  # False (ablation): unconstrained normalized-gradient steps, p' by nearest token
     # objective
-    objective: Objective = "gold-after-prefix"  # module docstring: what each one's two gradients say
-    loss_terms: LossTerms = "both"  # both: toward + away_weight*away | gold (toward only) | away | none
+    objective: Objective = "fluency"  # module docstring: what each one's gradients say; the default: DEFAULTS
+    loss_terms: LossTerms = "both"  # both: toward + away_weight*away | gold (toward only) | away
     contrast_fallback: Fallback = "gold-in-rollout"  # self-contrast without a correct contrast sample
     contrast_max: int = 4  # self-contrast: correct (toward) and wrong (away) samples used, each
-    fluency_weight: float = 0.0  # weight of the prefix's own cross-entropy under the model (docstring)
+    fluency_weight: float = 1.0  # weight of the prefix's own cross-entropy under the model (docstring)
     gold_template: str | None = None  # None: TINY_GOLD_TEMPLATE for the tiny-boxed template, else DEFAULT
     away_weight: float = 0.5
     away_form: AwayForm = "unlikelihood"  # unlikelihood: mean -log(1-p) | clipped-nll: -min(NLL, away_clip)
@@ -176,7 +187,8 @@ class ReviseConfig:
             ("gcg_candidates", self.gcg_candidates >= 1, ">= 1"),
             ("contrast_max", self.contrast_max >= 1, ">= 1"),
             ("fluency_weight", self.fluency_weight >= 0, ">= 0"),
-            ("loss_terms", self.loss_terms != "none" or self.fluency_weight > 0, "not 'none' when fluency_weight is 0"),
+            ("objective", self.objective != "fluency" or self.fluency_weight > 0,
+             "not 'fluency' when fluency_weight is 0"),
             ("hull", self.hull or (self.step_rule not in VERTEX_MOVES and self.fluency_weight == 0
                                    and self.discretize != "sample"),
              "True for gap-topm, gcg, fluency_weight > 0 and discretize='sample' (they act on the weights)"),
@@ -328,6 +340,8 @@ def objective_rows(item: ReviseItem, L: int, cfg: ReviseConfig, tokenizer: Any,
     enc = lambda s: tokenizer(s, add_special_tokens=False).input_ids
     toward, away, name = cfg.use_toward, cfg.use_away, cfg.objective
     rows: list[Row] = []
+    if name == "fluency":
+        return name, rows
     if name == "self-contrast":
         good = _distinct([ids for ids, ok in item.contrast or [] if ok], cfg.away_max_tokens)[: cfg.contrast_max]
         if good:

@@ -43,7 +43,8 @@ Where things land in results.db (the tables read these; field names agreed with 
   "leakage", "valid_steps", "honest", "tokens"[, "lp_text", "lp_latent"]}; `rescued`: a revised arm
   (discrete or latent, deduplicated ones included) has a correct continuation; `leakage`.
   `config` is the revision config plus `config["_stats"]`:
-      arms             {"unrevised"|"discrete"|"latent": {"n": int, "correct": int, "same_as": arm | None}}
+      arms             {"unrevised"|"discrete"|"latent": {"n": int, "correct": int, "usable": int,
+                        "same_as": arm | None}}; usable = correct, clean, honest and valid (`usable`)
       changed_frac     share of the revised positions whose token changed (p'_i != p_i)
       p_changed        p' != p;   is_vertex: Z = E[p'];   changed: [[position, token of p, token of p'], ...]
       objective        the objective used (self-contrast may fall back); fluency_loss per iterate
@@ -162,9 +163,14 @@ class Trajectory:
     arms: tuple[str, ...] = ()  # LatentRevise: every arm that produced this continuation (dedupe)
 
     def usable(self, cfg: MiningConfig) -> bool:
-        """Training data under `cfg`: clean (or include_leaky), honest, and valid steps (or not filtered)."""
-        return (self.correct and self.honest and (not self.leakage or cfg.include_leaky)
-                and (self.valid_steps is not False or not cfg.step_filter))
+        return usable(vars(self), cfg)
+
+
+def usable(rec: dict[str, Any], cfg: MiningConfig) -> bool:
+    """Training data under `cfg` (a Trajectory's or a stored continuation's fields): correct, clean (or
+    include_leaky), honest, and valid steps (or not step_filter)."""
+    return (rec["correct"] and rec["honest"] and (not rec["leakage"] or cfg.include_leaky)
+            and (rec["valid_steps"] is not False or not cfg.step_filter))
 
 
 @dataclass
@@ -304,7 +310,8 @@ def predicted_lr_fte(zero_hit: Sequence[Screened], reviser: Reviser, cfg: Latent
                                   for i, ids in jobs])
     n_token_arms = 1 + (cfg.cont_modes in ("discrete", "both"))
     latent = cfg.cont_modes in ("latent", "both") and _latent_can_differ(rcfg)
-    total = [float(len(sc.prompt_ids)) if any(i == j for j, _ in jobs) else 0.0 for i, sc in enumerate(zero_hit)]
+    revised = {i for i, _ in jobs}  # x once per prompt that has a revision (a cached prefix of all its requests)
+    total = [float(len(sc.prompt_ids)) if i in revised else 0.0 for i, sc in enumerate(zero_hit)]
     for (i, ids), f in zip(jobs, revise):
         L, x = prefix_length(len(ids), rcfg), len(zero_hit[i].prompt_ids)
         arm = L + cfg.cont_samples * (len(ids) - L)
@@ -319,8 +326,13 @@ def continuation_logprob(model, prefix_embeds: torch.Tensor, cont_ids: list[int]
     E = model.get_input_embeddings().weight
     ids = torch.tensor(cont_ids, device=E.device)
     emb = torch.cat([prefix_embeds.to(E.device, E.dtype), E[ids]], dim=0)[None]
-    with torch.no_grad():
-        logits = model(inputs_embeds=emb).logits[0, prefix_embeds.shape[0] - 1:-1].float()
+    was_training = model.training
+    model.eval()  # lr-grpo passes the policy in training mode
+    try:
+        with torch.no_grad():
+            logits = model(inputs_embeds=emb).logits[0, prefix_embeds.shape[0] - 1:-1].float()
+    finally:
+        model.train(was_training)
     return float(torch.log_softmax(logits, -1).gather(-1, ids[:, None]).mean())
 
 
@@ -483,6 +495,8 @@ def _record(zero_hit: Sequence[Screened], jobs: list[_Job], results: list[Revise
                         valid_steps=rec["valid_steps"], honest=rec["honest"], arms=users))
         stats = _revision_stats(r, arms[ri], sources[ri], modes, generated, saved, step, tokenizer)
         stats["latent_leak"] = bool(leak_a)
+        for a, counts in stats["arms"].items():  # correct AND usable as training data (clean, honest, valid)
+            counts["usable"] = sum(usable(c, cfg) for c in conts if a in c["arms"])
         o.fte += r.fte + sum(generated.values())
         o.revisions.append(stats)
         rev_rows.append(dict(
