@@ -53,10 +53,11 @@ _TINY_GRPO = {"steps": 64, "prompts_per_step": 32, "group_size": 8, "temperature
 # rollout each, 8 continuations per arm with the same seeds. USABLE accuracy (correct, no leak, true arithmetic
 # steps) of free continuations from p' minus from p, paired over the 235 prompts (sign-flip p; MDE ~0.6 points):
 #   objective "fluency" (no gold term; the prefix's own likelihood), 30 % prefix: +0.3 points (2.7 -> 3.0 %,
-#     p=0.5), p' != p in 11 % of revisions; the planted digit of bench/planted.py recovered in 87 % of cases
+#     p=0.5), p' != p in 11 % of revisions; bench/planted.py (200 cases, one digit of the first result changed):
+#     the right digit back in 84 % [78-88] (chance 10 %), accuracy 2.4 -> 39.0 % (the true prefix gives 48.3 %)
 #   every gold-based objective alone is WORSE: gold-after-prefix -2.6, gold-in-rollout -2.1, answer-away -2.2,
-#     self-contrast -0.9 points (all p < 0.001), planted recovery 0-5 % (chance 10 %); added to the fluency term
-#     they tie with it (+0.1 to +0.4, n.s.) and recover the planted digit less often (52-80 %)
+#     self-contrast -0.9 points (all p < 0.001), planted recovery 0-6 %; added to the fluency term they tie
+#     with it (+0.1 to +0.4, n.s.) and recover the planted digit 46-78 % (88 % with the gcg step rule)
 #   prefix 0.6 / 0.8: gold terms raise RAW accuracy (+4 to +15 points) by writing answer digits into the prefix
 #     or breaking the arithmetic: usable accuracy does not rise (leak 52-94 %, valid steps 22-82 %)
 #   prefix 0.45 (chosen): +0.3 (3.2 -> 3.5 %, p=0.25), p' != p in 29 %, 42 prompts with a usable rescue

@@ -243,7 +243,8 @@ def test_batch_fte_charges_padding_and_prediction_matches(tiny):
 
 
 @pytest.mark.parametrize("bad", [dict(flip_positions=0), dict(flip_gamma=0.0), dict(gcg_candidates=0),
-                                 dict(contrast_max=0), dict(fluency_weight=-1.0), dict(objective="fluency", fluency_weight=0.0),
+                                 dict(contrast_max=0), dict(fluency_weight=-1.0),
+                                 dict(objective="fluency", fluency_weight=0.0),
                                  dict(hull=False, step_rule="gcg"), dict(hull=False, fluency_weight=1.0)])
 def test_new_config_fields_are_checked(bad):
     with pytest.raises(ValueError, match="ReviseConfig: "):

@@ -61,8 +61,8 @@ a draw from the weights ("sample", seeded per item).
 
 DEFAULTS (chosen by measurement on the tiny preset, repro/presets.py _TINY_REVISE has the numbers):
 objective "fluency" with step rule "gap-topm", M=1. bench/planted.py plants a wrong digit in the first
-step's result: the fluency term puts the right digit back in 87 % of cases (chance 10 %), every gold
-term alone in 0-5 %. On 235 zero-hit prompts (scripts/revise_measure.py) every gold term alone makes
+step's result: the fluency term puts the right digit back in 84 % of 200 cases (chance 10 %), every
+gold term alone in 0-6 %. On 235 zero-hit prompts (scripts/revise_measure.py) every gold term alone makes
 free continuations from p' significantly LESS often usable (correct, clean, true steps) than from p
 (-0.9 to -2.6 points), and adding gold terms to fluency changes nothing measurable; with longer
 prefixes they raise raw accuracy only by writing answer digits or false arithmetic into p'. Read:
