@@ -3,10 +3,11 @@
 For a zero-hit prompt, generate with the gold answer given as a hint in the problem text
 (`hint_template`, "{answer}" replaced), keep the samples that reach the gold answer, and train on
 them WITHOUT the hint (the Trajectory's prompt is the original prompt). Compute is matched to
-LatentRevise exactly as for `resample` (methods/resample.py): same budget per prompt, a sample
-costs its (hinted) prompt plus its generated tokens. A correct sample that mentions the hint
-("hint" in its text) or restates the answer without reasoning (mining leakage rule B) is flagged
-as leakage and, by default, not trained on.
+LatentRevise exactly as for `resample` (methods/resample.py): same budget per prompt, same
+accounting (mining.sampling_fte: the hinted prompt once per request, plus every generated token).
+A correct sample that mentions the hint ("hint" in its text) or restates the answer without
+reasoning (mining leakage rule B) is flagged as leakage and, by default, not trained on; the
+arithmetic step check applies as for every rescue method.
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
 """Rescue baseline `resample`: spend LatentRevise's compute on more samples of each zero-hit prompt.
 
 The question it answers: is revising a failed rollout better than simply sampling more? For each
-zero-hit prompt the budget is what LatentRevise would spend on it (mining.predicted_lr_fte: same
-FTE formula, same failed rollouts, their lengths standing in for continuation lengths) unless
-`budget_fte_per_prompt` fixes it. A sample costs its prompt plus its generated tokens, estimated
-beforehand from the prompt's screening rollouts, so n = max(1, budget // estimated cost); the FTE
-actually spent is what gets reported. Correct samples become SFT data through the same
-Trajectory/statistics path as LatentRevise (mining.mine), with the same leakage rule B.
+zero-hit prompt the budget is what LatentRevise would spend on it (mining.predicted_lr_fte: the same
+FTE accounting, same failed rollouts, their lengths standing in for continuation lengths) unless
+`budget_fte_per_prompt` fixes it. The accounting is mining.sampling_fte, shared by every rescue
+method: a request pays its prompt once (vLLM's prefix cache shares it across the n samples) plus
+every generated token, so n = max(1, (budget - prompt tokens) // mean generated length), the mean
+taken from the prompt's screening rollouts; the FTE actually spent is what gets reported. Correct
+samples become SFT data through the same Trajectory/statistics path as LatentRevise (mining.mine),
+with the same leakage rule B and the same arithmetic step check.
 
 Registered as the SFT method `resample`: SFT on its base data + these trajectories (RescueSFT).
 """
@@ -29,6 +31,8 @@ from .latentrevise.mining import (
     _stops,
     bare_restatement,
     predicted_lr_fte,
+    sampling_fte,
+    step_verdict,
     sub_config,
 )
 from .registry import register_method
@@ -46,12 +50,13 @@ def budgets(zero_hit: Sequence[Screened], model, tokenizer, cfg: MatchedRescueCo
     if cfg.budget_fte_per_prompt is not None:
         return [float(cfg.budget_fte_per_prompt)] * len(zero_hit)
     reviser = Reviser(model, tokenizer, sub_config(ReviseConfig, cfg), template=template)
-    return [predicted_lr_fte(sc, reviser, cfg, tokenizer, template) for sc in zero_hit]
+    return predicted_lr_fte(zero_hit, reviser, cfg, tokenizer, template)
 
 
 def n_samples(budget: float, prompt_len: int, sc: Screened) -> int:
-    mean_len = sum(len(c.token_ids) for c in sc.rollouts) / max(1, len(sc.rollouts))
-    return max(1, int(budget // (prompt_len + mean_len)))
+    """Samples of one request that fit `budget`: the prompt once, then the screening rollouts' mean length each."""
+    mean_len = max(1.0, sum(len(c.token_ids) for c in sc.rollouts) / max(1, len(sc.rollouts)))
+    return max(1, int((budget - prompt_len) // mean_len))
 
 
 def sample_and_verify(zero_hit: Sequence[Screened], prompts: Sequence[str], counts: Sequence[int], generator,
@@ -74,15 +79,14 @@ def sample_and_verify(zero_hit: Sequence[Screened], prompts: Sequence[str], coun
     outcomes = []
     for i, sc in enumerate(zero_hit):
         x = len(tokenizer(prompts[i], add_special_tokens=False).input_ids)
-        o = RescueOutcome(sc.problem.id, 0.0, [])
+        o = RescueOutcome(sc.problem.id, sampling_fte(x, outs[i]), [])
         for c in outs[i]:
-            o.fte += x + len(c.token_ids)
             if next(verdicts).correct:
                 leak = bare_restatement("", c.text, sc.problem.answer, cfg.leak_min_words) or \
                     (source == "hint" and "hint" in c.text.lower())
                 o.trajectories.append(Trajectory(sc.problem.id, sc.prompt_text, c.text, sc.problem.answer, source,
                                                  "sample" if source == "resample" else "hint", True, leak,
-                                                 len(c.token_ids)))
+                                                 len(c.token_ids), valid_steps=step_verdict(c.text, sc.problem, cfg)))
         outcomes.append(o)
     return outcomes
 

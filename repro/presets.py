@@ -119,12 +119,24 @@ TINY_PARTS = MethodParts(
     # leaves it flat, 3e-4 with a short warm-up for 64 steps of 32 prompts raises it
     grpo={"steps": 64, "prompts_per_step": 32, "group_size": 8, "temperature": 1.0, "max_tokens": 96,
           "lr": 3e-4, "warmup_steps": 4, "micro_batch_size": 32, "save_every": 16},
-    # LatentRevise on the tiny model, our choice from a sweep (scripts/rescue_sweep.py, on an earlier 1500-step
-    # base model; 256 training prompts, 127 zero-hit; README): rescued 31 with K=3, a constant step of 0.1,
-    # a 30 % prefix and 8 continuations per mode, vs 6 with the generic defaults (K=10, harmonic step,
-    # 50 % prefix, 4 continuations)
-    latentrevise={"prefix_frac": 0.3, "step_rule": "const", "step_const": 0.1, "fw_steps": 3, "failed_per_prompt": 1,
-                  "cont_samples": 8},
+    # LatentRevise on the tiny model, chosen by measurement (issue 13; scripts/revise_measure.py and bench/planted.py
+    # on the 2500-step base, loaded 2-core CPU): 1024 arith-train prompts screened at n=8 -> 235 zero-hit, one failed
+    # rollout each, 8 continuations per arm with the same seeds. USABLE accuracy (correct, no leak, true arithmetic
+    # steps) of free continuations from p' minus from p, paired over the 235 prompts (sign-flip p; MDE ~0.6 points):
+    #   objective "fluency" (no gold term; the prefix's own likelihood), 30 % prefix: +0.3 points (2.7 -> 3.0 %,
+    #     p=0.5), p' != p in 11 % of revisions; bench/planted.py (200 cases, one digit of the first result changed):
+    #     the right digit back in 84 % [78-88] (chance 10 %), accuracy 2.4 -> 39.0 % (the true prefix gives 48.3 %)
+    #   every gold-based objective alone is WORSE: gold-after-prefix -2.6, gold-in-rollout -2.1, answer-away -2.2,
+    #     self-contrast -0.9 points (all p < 0.001), planted recovery 0-6 %; added to the fluency term they tie
+    #     with it (+0.1 to +0.4, n.s.) and recover the planted digit 46-78 % (88 % with the gcg step rule)
+    #   prefix 0.6 / 0.8: gold terms raise RAW accuracy (+4 to +15 points) by writing answer digits into the prefix
+    #     or breaking the arithmetic: usable accuracy does not rise (leak 52-94 %, valid steps 22-82 %)
+    #   prefix 0.45 (chosen): +0.3 (3.2 -> 3.5 %, p=0.25), p' != p in 29 %, 42 prompts with a usable rescue
+    #     (0.3: 37; within noise of each other); K = 1, 3, 5, 10 give the same p' (keep_best stops improving)
+    #   step rule "gap-topm", M=1: one token (the largest Frank-Wolfe gap) flips per step, at most K=3 in all; the old
+    #     const 0.1 x 3 steps kept the original at weight 0.9^3 = 0.73, so p' = p in 235/235 revisions
+    latentrevise={"prefix_frac": 0.45, "objective": "fluency", "fluency_weight": 1.0, "step_rule": "gap-topm",
+                  "flip_positions": 1, "fw_steps": 3, "failed_per_prompt": 1, "cont_samples": 8},
     # lr-sft, resample and hint (and guided-prefix) mine the first 256 training prompts (same screening, same
     # zero-hit prompts, matched compute), so --table rescue compares like with like
     rescue={"mine_prompts": 256, "mine_samples": 8},
@@ -201,6 +213,11 @@ PAPER = Preset(
     vllm=VLLMSettings(dtype="bfloat16", gpu_memory_utilization=0.5),  # half the card: the trainer is colocated
 )
 
+# LatentRevise on `paper`: ReviseConfig's defaults (methods/latentrevise/core.py), measured on the tiny model only
+# (see _TINY_REVISE): objective "fluency", step rule "gap-topm" with M=1, K=10: at most 10 tokens of p' (out of
+# L <= 256) flip, one per step, to the vertex with the largest Frank-Wolfe gap. The previous generic rule
+# (harmonic 2/(k+3) at every position) left the original token 1.5 % of the weight after K=10: 90 % of the
+# positions of p' changed on the tiny model and free-continuation accuracy fell from 3.2 to 0.5 % (p=0.0001).
 PAPER_7B = PAPER.with_overrides(name="paper-7b", base_model="Qwen/Qwen2.5-Math-7B")
 
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,13 @@ def _load_core():
 
 core = _load_core()
 ReviseConfig, ReviseItem, Reviser = core.ReviseConfig, core.ReviseItem, core.Reviser
+# the first reading (gold answer after the prefix + away from the failed continuation, harmonic steps at every
+# position, no fluency term): the Frank-Wolfe mechanics below are tested on it; the defaults are in test_objectives
+GOLD = dict(objective="gold-after-prefix", fluency_weight=0.0, step_rule="harmonic")
+
+
+def gold_cfg(**kw):
+    return ReviseConfig(**{**GOLD, **kw})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -70,7 +77,7 @@ def test_iterates_stay_in_hull_and_equal_their_vertex_sum(tiny):
     K = 5
     E = model.get_input_embeddings().weight.detach()
     # keep_best off: the returned iterate is the K-th, so every oracle pick is one of its vertices
-    results = Reviser(model, tok, ReviseConfig(fw_steps=K, revise_last=6, keep_best=False)).revise(make_items(tok))
+    results = Reviser(model, tok, gold_cfg(fw_steps=K, revise_last=6, keep_best=False)).revise(make_items(tok))
     for r in results:
         w, ids = r.vertex_weights, r.vertex_ids
         assert w.shape == (r.prefix_len, K + 1)
@@ -101,7 +108,7 @@ def test_keep_best_returns_the_lowest_objective_iterate(tiny):
     model, tok = tiny
     E = model.get_input_embeddings().weight.detach()
     K = 6
-    cfg = ReviseConfig(fw_steps=K, step_rule="const", step_const=0.7)  # large steps: the objective jumps around
+    cfg = gold_cfg(fw_steps=K, step_rule="const", step_const=0.7)  # large steps: the objective jumps around
     best = Reviser(model, tok, cfg).revise(make_items(tok))
     last = Reviser(model, tok, dataclasses.replace(cfg, keep_best=False)).revise(make_items(tok))
     picked_earlier = 0
@@ -138,7 +145,7 @@ def test_policy_is_untouched(tiny):
     model, tok = tiny
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.requires_grad_(True)  # as a policy being trained would be
-    results = Reviser(model, tok, ReviseConfig(fw_steps=3)).revise(make_items(tok))
+    results = Reviser(model, tok, gold_cfg(fw_steps=3)).revise(make_items(tok))
     assert all(r is not None for r in results)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -150,28 +157,33 @@ def test_policy_is_untouched(tiny):
 
 def test_gold_term_decreases_without_away_term(tiny):
     model, tok = tiny
-    results = Reviser(model, tok, ReviseConfig(fw_steps=6, loss_terms="gold")).revise(make_items(tok))
+    results = Reviser(model, tok, gold_cfg(fw_steps=6, loss_terms="gold")).revise(make_items(tok))
     for r in results:
         assert len(r.gold_loss) == 7 and all(a is None for a in r.away_loss)
         assert r.gold_loss[-1] < r.gold_loss[0] - 0.05, r.gold_loss
 
 
-def test_batching_and_prompt_cache_do_not_change_results(tiny):
+@pytest.mark.parametrize("base", [GOLD, {}], ids=["gold-after-prefix", "defaults"])
+def test_batching_and_prompt_cache_do_not_change_results(tiny, base):
     model, tok = tiny
     items = make_items(tok)
-    ref = Reviser(model, tok, ReviseConfig(fw_steps=3, revise_batch=8)).revise(items)
-    for cfg in (ReviseConfig(fw_steps=3, revise_batch=1), ReviseConfig(fw_steps=3, reuse_prompt_cache=False),
-                ReviseConfig(fw_steps=3, grad_checkpointing=True)):
+    make = lambda **kw: ReviseConfig(**{**base, **kw})  # the defaults: fluency (prompt state from the cache)
+    ref = Reviser(model, tok, make(fw_steps=3, revise_batch=8)).revise(items)
+    for cfg in (make(fw_steps=3, revise_batch=1), make(fw_steps=3, reuse_prompt_cache=False),
+                make(fw_steps=3, grad_checkpointing=True)):
         other = Reviser(model, tok, cfg).revise(items)
         for a, b in zip(ref, other):
             assert a.discrete_ids == b.discrete_ids
-            assert torch.allclose(torch.tensor(a.gold_loss), torch.tensor(b.gold_loss), atol=1e-5)
-            assert torch.allclose(torch.tensor(a.away_loss), torch.tensor(b.away_loss), atol=1e-5)
+            for name in ("gold_loss", "away_loss", "fluency_loss"):
+                x, y = getattr(a, name), getattr(b, name)
+                assert [v is None for v in x] == [v is None for v in y], name
+                assert torch.allclose(torch.tensor([v for v in x if v is not None]),
+                                      torch.tensor([v for v in y if v is not None]), atol=1e-5), name
 
 
 def test_deterministic(tiny):
     model, tok = tiny
-    cfg = ReviseConfig(fw_steps=3, step_rule="line-search", discretize="nearest")
+    cfg = gold_cfg(fw_steps=3, step_rule="line-search", discretize="nearest")
     a, b = (Reviser(model, tok, cfg).revise(make_items(tok)) for _ in range(2))
     for x, y in zip(a, b):
         assert x.gold_loss == y.gold_loss and x.discrete_ids == y.discrete_ids
@@ -187,11 +199,11 @@ def test_config_fields_change_the_split_and_objective(tiny):
     assert core.prefix_length(n, ReviseConfig(prefix_frac=0.5, prefix_max_tokens=3)) == 3
     assert core.prefix_length(1, ReviseConfig()) == 0
     assert core.prefix_length(5, ReviseConfig(prefix_len=99)) == 4  # always leaves a continuation
-    clipped = Reviser(model, tok, ReviseConfig(fw_steps=2, away_form="clipped-nll", away_clip=0.5)).revise(item)[0]
+    clipped = Reviser(model, tok, gold_cfg(fw_steps=2, away_form="clipped-nll", away_clip=0.5)).revise(item)[0]
     assert all(-0.5 - 1e-6 <= v <= 0 for v in clipped.away_loss)  # bounded by the clip
-    ul = Reviser(model, tok, ReviseConfig(fw_steps=2)).revise(item)[0]
+    ul = Reviser(model, tok, gold_cfg(fw_steps=2)).revise(item)[0]
     assert all(v >= 0 for v in ul.away_loss)  # unlikelihood is >= 0
-    free = Reviser(model, tok, ReviseConfig(fw_steps=2, hull=False)).revise(item)[0]
+    free = Reviser(model, tok, gold_cfg(fw_steps=2, hull=False)).revise(item)[0]
     E = model.get_input_embeddings().weight.detach()
     assert not torch.allclose(free.iterate, E[free.vertex_ids[:, 0]])  # moved, outside the vertex record
 
@@ -277,9 +289,10 @@ def test_keep_if_better_keeps_each_examples_lowest_iterate():
 # ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, allowed", [
-    ("step_rule", "harmonic | const | line-search"), ("loss_terms", "both | gold | away"),
-    ("away_form", "unlikelihood | clipped-nll"), ("discretize", "max-weight | nearest"),
-    ("oracle_dtype", "model | float32")])
+    ("step_rule", "harmonic | const | line-search | gap-topm | gcg"), ("loss_terms", "both | gold | away"),
+    ("away_form", "unlikelihood | clipped-nll"), ("discretize", "max-weight | nearest | sample"),
+    ("oracle_dtype", "model | float32"), ("objective", "gold-after-prefix | gold-in-rollout | self-contrast | fluency"),
+    ("contrast_fallback", "gold-after-prefix | gold-in-rollout")])
 def test_config_rejects_an_unknown_choice_naming_the_field_and_the_choices(name, allowed):
     with pytest.raises(ValueError) as err:
         ReviseConfig(**{name: "bogus"})
@@ -370,7 +383,7 @@ def test_vllm_and_transformers_continue_the_same_from_embeddings(tiny, vllm_gene
     from harness.generation import Sampling
 
     model, tok = tiny
-    results = Reviser(model, tok, ReviseConfig(fw_steps=3)).revise(make_items(tok)[:2])
+    results = Reviser(model, tok, gold_cfg(fw_steps=3)).revise(make_items(tok)[:2])
     embeds = [r.prompt_embeds for r in results]
     greedy = Sampling(n=1, temperature=0.0, max_tokens=12)
     a = vllm_generator.generate(embeds, greedy)
@@ -425,9 +438,9 @@ def test_gpu_bf16_revision_matches_its_variants_and_keeps_invariants():
     tok = _StubTok(model.config.vocab_size)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     items = _gpu_items()
-    ref = Reviser(model, tok, ReviseConfig(fw_steps=4)).revise(items)  # checkpointing on (CUDA default)
-    assert Reviser(model, tok, ReviseConfig()).checkpointing
-    for cfg in (ReviseConfig(fw_steps=4, grad_checkpointing=False), ReviseConfig(fw_steps=4, reuse_prompt_cache=False)):
+    ref = Reviser(model, tok, gold_cfg(fw_steps=4)).revise(items)  # checkpointing on (CUDA default)
+    assert Reviser(model, tok, gold_cfg()).checkpointing
+    for cfg in (gold_cfg(fw_steps=4, grad_checkpointing=False), gold_cfg(fw_steps=4, reuse_prompt_cache=False)):
         for a, b in zip(ref, Reviser(model, tok, cfg).revise(items)):
             assert abs(a.gold_loss[0] - b.gold_loss[0]) < 0.05 * max(1.0, abs(a.gold_loss[0]))
     E = model.get_input_embeddings().weight.detach().float().cpu()

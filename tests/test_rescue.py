@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,6 +19,9 @@ from methods.resample import MatchedRescueConfig, rescue_resample
 
 PROBLEMS = [Problem(f"p{i}", f"Compute {a} + {b}.", str(a + b)) for i, (a, b) in enumerate([(12, 9), (40, 7), (3, 88)])]
 SMALL = dict(mine_samples=2, mine_max_tokens=12, cont_samples=2, failed_per_prompt=1, fw_steps=2, prefix_frac=0.5)
+# planted generators answer from the latent prefix: a step rule that leaves Z off-vertex (the default keeps Z a
+# vertex, deduplicating the latent arm), and every latent text accepted (the honest-text rule has its own test)
+LATENT = dict(SMALL, step_rule="harmonic", latent_text_margin=1e9)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,14 +58,24 @@ def test_mining_finds_zero_hit_prompts_and_logs_revisions(tiny_model_dir, db_url
             assert len(r.top_tokens) == r.prefix_len
             for pos in r.top_tokens:
                 assert 1 <= len(pos) <= 5 and sum(w for _, w in pos) <= 1 + 1e-4
-            assert len(r.continuations) == 2 * 2  # two modes x cont_samples
-            assert {c["mode"] for c in r.continuations} == {"latent", "discrete"}
-            assert all(set(c) >= {"text", "mode", "correct", "leakage"} for c in r.continuations)
-            assert r.rescued == any(c["correct"] for c in r.continuations)
-            assert r.wall_s > 0 and r.peak_mem_mb > 0 and r.config["_stats"]["fte_revise"] > 0
+            stats = r.config["_stats"]
+            arms = stats["arms"]
+            assert set(arms) == {"unrevised", "discrete", "latent"} and all(a["n"] == 2 for a in arms.values())
+            sampled = {a for a, v in arms.items() if v["same_as"] is None}  # deduplicated arms are not stored twice
+            assert len(r.continuations) == 2 * len(sampled) and {c["arm"] for c in r.continuations} == sampled
+            assert all(set(c) >= {"text", "arm", "arms", "correct", "leakage", "valid_steps", "honest"}
+                       for c in r.continuations)
+            assert r.rescued == any(c["correct"] and {"discrete", "latent"} & set(c["arms"]) for c in r.continuations)
+            assert (stats["dedup_saved_fte"] > 0) == (len(sampled) < 3) and stats["fte_control"] > 0
+            assert stats["p_changed"] == (arms["discrete"]["same_as"] is None)
+            assert len(stats["changed"]) == round(stats["changed_frac"] * r.prefix_len)  # every position revised
+            assert r.wall_s > 0 and r.peak_mem_mb > 0 and stats["fte_revise"] > 0
         step = s.query(TrainStep).filter_by(run_id=ctx.run_id, phase="mining").one()
         assert step.zero_hit_frac == 1.0 and sorted(step.zero_hit_ids) == ["p0", "p1", "p2"]
-        assert step.extra["rescue"]["n_zero_hit"] == 3
+        rescue = step.extra["rescue"]
+        assert rescue["n_zero_hit"] == 3 and rescue["n_revisions"] == 3
+        assert set(rescue["arms"]) == {"unrevised", "discrete", "latent"} and rescue["arms"]["unrevised"]["n"] == 6
+        assert rescue["valid_step_rate"] is None  # these problems carry no arith meta: steps are not checked
         rolls = s.query(Rollout).filter_by(run_id=ctx.run_id, source="policy").all()
         assert len(rolls) == 6 and all(r.zero_hit_group for r in rolls)
     latents = torch.load(Path(tmp_path) / "latent_prefixes_step0.pt")
@@ -96,16 +111,16 @@ def test_planted_rescue_becomes_training_data_and_leak_is_excluded(tiny_model_di
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     ctx = make_ctx(db_url, tmp_path, grader, lambda m: PlantedGenerator(tok))
     problems = [Problem("q0", "Compute 2 + 2.", "4")]
-    res = mine(str(tiny_model_dir), problems, LatentReviseConfig(**SMALL), ctx, rescue_latentrevise, "latentrevise")
+    res = mine(str(tiny_model_dir), problems, LatentReviseConfig(**LATENT), ctx, rescue_latentrevise, "latentrevise")
     st = res.stats
     assert st["n_zero_hit"] == 1 and st["rescue_rate"] == 1.0 and st["clean_rescue_rate"] == 1.0
     assert st["leak_frac"] == pytest.approx(0.5)  # the bare discrete continuations are flagged
     modes = {(t.mode, t.leakage) for o in res.outcomes for t in o.trajectories}
     assert modes == {("latent", False), ("discrete", True)}
     assert len(res.pairs) == 1 and res.pairs[0][1].endswith("so 2 + 2 = 4. The answer is \\boxed{4}.")
-    cfg_leaky = LatentReviseConfig(**SMALL, include_leaky=True)
+    cfg_leaky = LatentReviseConfig(**LATENT, include_leaky=True)
     assert len(training_pairs(res.outcomes, cfg_leaky)) == 2
-    assert training_pairs(res.outcomes, LatentReviseConfig(**SMALL, train_prefix="discrete")) == []
+    assert training_pairs(res.outcomes, LatentReviseConfig(**LATENT, train_prefix="discrete")) == []
     with session_scope(ctx.db) as s:
         rev = s.query(Revision).filter_by(run_id=ctx.run_id).one()
         assert rev.rescued and rev.leakage
@@ -153,7 +168,7 @@ def test_lr_grpo_end_to_end_inserts_rescued_samples(tiny_model_dir, db_url, tmp_
     ctx = make_ctx(db_url, tmp_path, grader, lambda m: PlantedEngine(tok), name="lr-grpo")
     problems = [Problem(f"q{i}", f"Compute 2 + 2. ({i})", "4") for i in range(3)]
     cfg = LRGRPOConfig(steps=2, prompts_per_step=3, group_size=4, max_tokens=12, lr=3e-3, micro_batch_size=8,
-                       save_every=0, store_rollouts="all", insert_per_group=2, **SMALL)
+                       save_every=0, store_rollouts="all", insert_per_group=2, **LATENT)
     ckpt = LRGRPO().train(str(tiny_model_dir), problems, cfg, ctx)
     with session_scope(ctx.db) as s:
         steps = s.query(TrainStep).filter_by(run_id=ctx.run_id, phase="grpo").order_by(TrainStep.step).all()
@@ -171,3 +186,131 @@ def test_lr_grpo_end_to_end_inserts_rescued_samples(tiny_model_dir, db_url, tmp_
     before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     after = AutoModelForCausalLM.from_pretrained(ckpt).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+# ------------------------------------------------------------------------------------------------
+# the control arm, dedupe, honest latent text, latent leakage, the step filter, shared accounting
+# ------------------------------------------------------------------------------------------------
+
+class Counting:
+    """Wraps a generator and records the kind of every request after screening (ids | embeds)."""
+
+    def __init__(self, gen):
+        self.gen, self.tokenizer, self.kinds = gen, gen.tokenizer, []
+
+    def generate(self, prompts, sampling, seeds=None, progress=False):
+        self.kinds += ["text" if isinstance(p, str) else "embeds" if isinstance(p, torch.Tensor) else "ids"
+                       for p in prompts]
+        return self.gen.generate(prompts, sampling, seeds=seeds, progress=progress)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("over, latent_sampled", [
+    (dict(fw_steps=0), False),  # K=0: p' = p and Z = E[p]: both revised arms repeat the control arm
+    (dict(step_rule="gap-topm", flip_gamma=1.0), False),  # Z stays a vertex: latent = discrete
+    (dict(step_rule="harmonic"), True),  # Z is a mixture: the latent arm is its own
+])
+def test_duplicate_arms_are_not_sampled_and_their_cost_is_counted_as_saved(tiny_model_dir, db_url, tmp_path, grader,
+                                                                           over, latent_sampled):
+    gen = Counting(HFGenerator(str(tiny_model_dir), None))
+    ctx = make_ctx(db_url, tmp_path, grader, lambda m: gen)
+    res = mine(str(tiny_model_dir), PROBLEMS, LatentReviseConfig(**{**SMALL, **over}), ctx, rescue_latentrevise,
+               "latentrevise")
+    revs = [r for o in res.outcomes for r in o.revisions]
+    n_changed = sum(r["p_changed"] for r in revs)
+    after_screen = gen.kinds[len(PROBLEMS):]
+    # the control arm (ids), the discrete arm only where p' != p, the latent arm (embeddings) only off-vertex
+    assert after_screen.count("ids") == len(revs) + n_changed
+    assert after_screen.count("embeds") == (len(revs) if latent_sampled else 0)
+    for r in revs:
+        arms = r["arms"]
+        assert arms["discrete"]["same_as"] == (None if r["p_changed"] else "unrevised")
+        if not latent_sampled:
+            assert arms["latent"]["same_as"] in ("discrete", "unrevised") and arms["latent"] == {
+                **arms[arms["latent"]["same_as"]], "same_as": arms["latent"]["same_as"]}
+        saved_arms = sum(a["same_as"] is not None for a in arms.values())
+        assert (r["dedup_saved_fte"] > 0) == (saved_arms > 0)
+    if over.get("fw_steps") == 0:  # nothing but the control arm is spent; twice its cost is saved
+        assert all(r["fte_continue"] == 0 and r["dedup_saved_fte"] == pytest.approx(2 * r["fte_control"])
+                   for r in revs)
+    assert res.stats["dedup_saved_fte"] == pytest.approx(sum(r["dedup_saved_fte"] for r in revs))
+
+
+class ScriptedGenerator(PlantedGenerator):
+    """Screening: wrong. From token ids: `ids_text`; from prompt embeddings: `latent_text`."""
+
+    def __init__(self, tokenizer, latent_text, ids_text=" 1 + 1 = 3. The answer is \\boxed{3}."):
+        super().__init__(tokenizer)
+        self.latent_text, self.ids_text = latent_text, ids_text
+
+    def generate(self, prompts, sampling, seeds=None, progress=False):
+        out = []
+        for p in prompts:
+            text = (" 1 + 1 = 3. The answer is \\boxed{3}." if isinstance(p, str) else
+                    self.latent_text if isinstance(p, torch.Tensor) else self.ids_text)
+            ids = self.tokenizer(text, add_special_tokens=False).input_ids
+            out.append([Completion(text, ids, "stop", 0) for _ in range(sampling.n)])
+        return out
+
+
+def _mine_scripted(tiny_model_dir, db_url, tmp_path, grader, latent_text, problems=None, **over):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ctx = make_ctx(db_url, tmp_path, grader, lambda m: ScriptedGenerator(tok, latent_text))
+    cfg = LatentReviseConfig(**{**SMALL, "step_rule": "harmonic", **over})  # Z off-vertex: a real latent arm
+    return mine(str(tiny_model_dir), problems or [Problem("q0", "Compute 2 + 2.", "4")], cfg, ctx,
+                rescue_latentrevise, "latentrevise"), cfg, ctx
+
+
+@pytest.mark.parametrize("margin, honest", [(1e9, True), (-1e9, False)])
+def test_latent_text_is_trained_on_only_when_rescoring_says_p_prime_produces_it(tiny_model_dir, db_url, tmp_path,
+                                                                               grader, margin, honest):
+    res, cfg, ctx = _mine_scripted(tiny_model_dir, db_url, tmp_path, grader, " so 2 + 2 = 4. The answer is \\boxed{4}.",
+                                   latent_text_margin=margin)
+    latent = [t for o in res.outcomes for t in o.trajectories if t.mode == "latent"]
+    assert latent and all(t.honest is honest for t in latent)
+    with session_scope(ctx.db) as s:
+        rev = s.query(Revision).filter_by(run_id=ctx.run_id).one()
+        z = [c for c in rev.continuations if c["arm"] == "latent"]
+        assert all(c["honest"] is honest and c["lp_text"] <= 0 and c["lp_latent"] <= 0 for c in z)
+        assert rev.config["_stats"]["arms"]["latent"]["correct"] == 2  # counted in the arm either way
+    latent_pairs = [p for p in res.pairs if p[1].endswith("so 2 + 2 = 4. The answer is \\boxed{4}.")]
+    assert bool(latent_pairs) == honest
+
+
+def test_a_latent_continuation_that_opens_with_the_answer_is_flagged(tiny_model_dir, db_url, tmp_path, grader):
+    res, _, _ = _mine_scripted(tiny_model_dir, db_url, tmp_path, grader, " 4. The answer is \\boxed{4}.",
+                               latent_text_margin=1e9)
+    latent = [t for o in res.outcomes for t in o.trajectories if t.mode == "latent"]
+    assert latent and all(t.leakage for t in latent)
+    assert res.pairs == []  # the discrete ones are bare restatements (rule B), the latent ones open with 4
+
+
+def test_false_steps_are_flagged_on_arith_problems_and_filtered(tiny_model_dir, db_url, tmp_path, grader):
+    arith = [Problem("a0", "Compute 2 + 2.", "4", {"expr": "2+2", "kind": "chain2"})]
+    false_step = " so 2 + 2 = 5. The answer is \\boxed{4}."  # graded correct, arithmetic false
+    res, cfg, _ = _mine_scripted(tiny_model_dir, db_url, tmp_path, grader, false_step, problems=arith,
+                                 latent_text_margin=1e9)
+    latent = [t for o in res.outcomes for t in o.trajectories if t.mode == "latent"]
+    assert latent and all(t.valid_steps is False for t in latent)
+    assert res.stats["valid_step_rate"] == 0.0 and res.pairs == []
+    assert training_pairs(res.outcomes, dataclasses.replace(cfg, step_filter=False, include_leaky=True))
+
+
+def test_a_sampling_request_pays_its_prompt_once(tiny_model_dir, grader):
+    from transformers import AutoTokenizer
+
+    from methods.latentrevise.mining import Screened, sampling_fte
+    from methods.resample import sample_and_verify
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    gen = ScriptedGenerator(tok, "", ids_text="")
+    sc = Screened(PROBLEMS[0], "Problem: x\nSolution:", [1, 2, 3], [], [False])
+    ctx = SimpleNamespace(seed=0, template="tiny-boxed", grader=grader, progress=False)
+    (o,) = sample_and_verify([sc], [sc.prompt_text], [5], gen, tok, MatchedRescueConfig(**SMALL), ctx, "resample", 0)
+    x = len(tok(sc.prompt_text, add_special_tokens=False).input_ids)
+    wrong = len(tok(" 1 + 1 = 3. The answer is \\boxed{3}.", add_special_tokens=False).input_ids)
+    assert o.fte == x + 5 * wrong == sampling_fte(x, [Completion("", [0] * wrong, "stop", 0)] * 5)
