@@ -119,7 +119,10 @@ class Trainer:
 
         set_seed(settings.seed)
         on_gpu = settings.device.startswith("cuda") and torch.cuda.is_available()
-        accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu else "no")
+        # step_scheduler_with_optimizer=False: a prepared scheduler otherwise steps once per process per
+        # optimizer step, so 2 processes would run the LR schedule twice as fast (tests/test_multiprocess.py)
+        accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu else "no",
+                                  step_scheduler_with_optimizer=False)
         if not on_gpu and settings.cpu_threads:
             torch.set_num_threads(settings.cpu_threads)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -150,6 +153,12 @@ class Trainer:
 
     def backward(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)
+
+    def sum_over_processes(self, value: float) -> float:
+        """`value` summed over the data-parallel processes (itself with one): for logging whole-batch figures."""
+        if self.accelerator.num_processes == 1:
+            return value
+        return float(self.accelerator.reduce(torch.tensor(value, device=self.device), reduction="sum"))
 
     def step(self) -> float:
         """Clip, step, schedule, zero; returns the pre-clip gradient norm."""

@@ -184,6 +184,7 @@ class SFT:
             lr = trainer.lr
             grad_norm = trainer.step()
             dt = time.perf_counter() - t0
+            loss_sum = trainer.sum_over_processes(loss_sum)  # the whole optimizer batch's, like one process
             ctx.log_step(step + 1, phase="sft", loss=loss_sum / max(1, n_tok), lr=lr, grad_norm=grad_norm,
                          tokens_per_s=sum(len(x) for x, _ in batch) / dt, step_s=dt)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
