@@ -100,7 +100,7 @@ def test_five_benchmarks_rows_and_reuse(vllm_generator, tiny_model_dir, data_dir
     assert len(made) == 1 and results2 == results
     assert [r.id for r in _rows(factory)] == [r.id for r in rows]
     out = evaluate(factory, run.id, "math500", load_benchmark("math500", data_dir, 3), PROTOCOL,
-                   lambda: pytest.fail("a reused evaluation must not build a generator"), grader)
+                   lambda: pytest.fail("a reused evaluation must not build a generator"), grader, limit=3)
     assert out["reused"] and out["metrics"] == results["math500"]
 
 

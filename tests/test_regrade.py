@@ -159,3 +159,22 @@ def test_regrade_cli_and_show(stored, no_engine):
     assert bad.exit_code == 1 and "not a grader setting" in bad.output
     both = cli.invoke(_app(), ["regrade", str(eval_id), "--run", str(run_id), "--db", str(db)])
     assert both.exit_code == 1 and "one of them" in both.output
+
+
+def test_docs_regrade_query_lists_the_changed_verdicts(stored):
+    from pathlib import Path
+
+    from sqlalchemy import text
+
+    from harness.grading import Grader
+
+    db, _, eval_id = stored
+    factory = open_db(db)
+    with Grader(workers=0, fallback="none") as g:
+        regrade(factory, eval_id, g)
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "results-db.md").read_text()
+    query = doc.split("runs this query):\n\n```\n", 1)[1].split("```", 1)[0]
+    with session_scope(factory) as s:
+        rows = s.execute(text(query)).all()
+    assert [(r.problem_id, r.sample_index, r.old_answer, bool(r.old_correct), r.new_answer, bool(r.new_correct))
+            for r in rows] == [("anchored", 0, "2", True, None, False), ("anchored", 1, "2", True, None, False)]
