@@ -44,6 +44,9 @@ class Flaky:
         self.prompts += len(prompts)
         return self.inner.generate(prompts, sampling, seeds=seeds)
 
+    def identity(self):  # the same engine: the same evaluation identity (a resume continues the row)
+        return self.inner.identity()
+
     def close(self):  # the engine belongs to the session fixture
         pass
 
