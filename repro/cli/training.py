@@ -54,9 +54,10 @@ def train(
     except KeyError as e:
         fail(str(e.args[0]))
     factory = open_db(db)
-    engines = runner.EnginePool(runner.generator_factory(chosen, backend))  # training's engine evaluates too
+    engines = None
     try:
         try:
+            engines = runner.EnginePool(runner.generator_factory(chosen, backend))  # training's engine evaluates too
             run = runner.train_method(factory, chosen, method, overrides=parse_overrides(overrides),
                                       data_dir=data_dir, fresh=fresh, backend=backend, engines=engines)
         except ValueError as e:  # unknown config field, bad value
@@ -67,7 +68,8 @@ def train(
             for bench, m in metrics.items():
                 console.print(f"  {bench}: avg@{m.get('n')} = {m.get('avg@n', float('nan')):.4f}")
     finally:
-        engines.shutdown()
+        if engines is not None:
+            engines.shutdown()
 
 
 @app.command()
