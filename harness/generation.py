@@ -100,7 +100,7 @@ class VLLMGenerator:
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         from vllm import LLM
 
-        self.model_path = model
+        self.model_path, self.settings = model, settings
         self.llm = LLM(
             model=model, dtype=settings.dtype, seed=seed, enable_prompt_embeds=True,
             tensor_parallel_size=settings.tensor_parallel_size,
@@ -111,6 +111,10 @@ class VLLMGenerator:
                                     else (None if torch.cuda.is_available() else False)),
         )
         self.tokenizer = self.llm.get_tokenizer()
+
+    def identity(self) -> dict:
+        """What about this engine changes its samples (harness.identity; enters evaluation identities)."""
+        return vllm_identity(self.settings, self.model_path)
 
     def generate(self, prompts: Sequence[PromptInput], sampling: Sampling,
                  seeds: Sequence[int] | None = None, progress: bool = False) -> list[list[Completion]]:
@@ -202,6 +206,7 @@ class HFGenerator:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+            self.model_path = model
             model = AutoModelForCausalLM.from_pretrained(model, torch_dtype=torch.float32)
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
@@ -259,6 +264,10 @@ class HFGenerator:
             completions.append(Completion(text, tokens[i], reasons[i], prompt_embeds.shape[0], logps[i]))
         return completions
 
+    def identity(self) -> dict:
+        """What about this engine changes its samples (harness.identity; enters evaluation identities)."""
+        return hf_identity(str(self.device), getattr(self, "model_path", None))
+
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         self.model.load_state_dict(dict(named_tensors), strict=False)
 
@@ -274,6 +283,21 @@ def _sample_top_p(logits: torch.Tensor, top_p: float, gen: torch.Generator) -> t
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+def vllm_identity(settings: VLLMSettings, model: str | None) -> dict:
+    """Memory settings (gpu_memory_utilization, kv cache size) only change speed: left out."""
+    from .identity import engine_identity
+
+    keep = ("dtype", "tensor_parallel_size", "data_parallel_size", "max_model_len", "enforce_eager",
+            "enable_chunked_prefill")
+    return engine_identity("vllm", {k: getattr(settings, k) for k in keep}, model)
+
+
+def hf_identity(device: str, model: str | None) -> dict:
+    from .identity import engine_identity
+
+    return engine_identity("hf", {"dtype": "float32", "device": str(device)}, model)
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,6 +328,12 @@ class GeneratorFactory:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backend", resolve_backend(self.backend))
+
+    def identity(self, model: str) -> dict:
+        """The identity of the engine `self(model)` would build, without building it."""
+        if self.backend == "vllm":
+            return vllm_identity(self.settings, model)
+        return hf_identity(self.device, model)
 
     def __call__(self, model: str) -> Generator:
         if self.backend == "vllm":

@@ -69,6 +69,7 @@ from benchmarks import last_boxed
 
 Fallback = Literal["anchored", "any", "none"]
 GRADER_NAME = "math-verify/last-boxed"
+GRADER_POLICY_VERSION = 1  # bump whenever a verdict can change (evaluation identities include it)
 
 
 @dataclass

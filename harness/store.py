@@ -108,7 +108,11 @@ class Evaluation(Base):
     template: Mapped[str] = mapped_column(String(64))
     sampling: Mapped[dict[str, Any]] = mapped_column(JSON)  # n, temperature, top_p, max_tokens, seed, ...
     grader: Mapped[dict[str, Any]] = mapped_column(JSON)  # grader name, version, settings
-    eval_hash: Mapped[str] = mapped_column(String(64))
+    eval_hash: Mapped[str] = mapped_column(String(64))  # hash of `identity` (harness.evaluate.identity_hash)
+    # problem set, template text, sampling, engine (backend, dtype, context, versions, model revision), grader
+    # policy: everything the hash covers, readable (NULL on rows written before identities were stored)
+    identity: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    regraded_from: Mapped[int | None] = mapped_column(ForeignKey("evaluations.id"))  # harness.regrade
     n_problems: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="running")
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -498,6 +502,13 @@ def get_or_create(session: Session, model: type[Base], unique: dict[str, Any],
     return session.scalars(query.execution_options(populate_existing=True)).one(), created
 
 
+def run_hash(method: str, model: str, preset: str, seed: int, config: Any) -> str:
+    """The config hash of a run: every argument that changes it (seed and preset too, also when a
+    caller passes them beside a config that lacks them)."""
+    return config_hash({"method": method, "model": model, "preset": preset, "seed": seed,
+                        "config": to_jsonable(config)})
+
+
 def get_or_create_run(factory: sessionmaker[Session], *, method: str, model: str, preset: str, seed: int,
                       config: Any, fresh: bool = False) -> tuple[Run, bool]:
     """The run with this (method, config hash), created if missing. Returns (run, reused_finished).
@@ -506,7 +517,7 @@ def get_or_create_run(factory: sessionmaker[Session], *, method: str, model: str
     (its finished evaluations and steps stay; resumable code skips them). Two processes asking
     for the same run at once get the same row (`get_or_create`)."""
     cfg = to_jsonable(config)
-    h = config_hash({"method": method, "model": model, "config": cfg})
+    h = run_hash(method, model, preset, seed, cfg)
     with session_scope(factory) as s:
         if fresh:
             old = s.scalars(select(Run).where(Run.method == method, Run.config_hash == h)).first()

@@ -2,7 +2,10 @@
 
     execute(steps, preset, factory, data_dir=None, fresh=False, console=console)
 
-One grader serves every step (its worker processes start once). A failing step is recorded, by
+One grader serves every step (its worker processes start once), and one engine pool
+(repro.runs.EnginePool): a training run's evaluation, and the next step, reuse the engine the
+previous step used (its weights reloaded), so a plan starts one engine where it used to start one
+per training phase and evaluation. A failing step is recorded, by
 the runner marking its run failed and here in the returned list, and the other steps still run,
 so one broken method leaves the rest of the table printable.
 """
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 import time
 import traceback
+from contextlib import contextmanager
+from typing import Iterator
 
 from rich.console import Console
 from rich.markup import escape
@@ -30,7 +35,8 @@ def execute(steps: list[Step], preset: Preset, factory: sessionmaker[Session], *
     todo = [st for st in steps if st.action in ("run", "resume", "evaluate")]
     if not todo:
         return failures
-    with Grader() as grader:
+    engines = runner.EnginePool(runner.generator_factory(preset))
+    with Grader() as grader, _shutdown(engines):
         for st in todo:
             t0 = time.perf_counter()
             console.print(f"[bold]{st.action}[/bold] {escape(st.label)} ...")
@@ -39,10 +45,10 @@ def execute(steps: list[Step], preset: Preset, factory: sessionmaker[Session], *
                     run = runner.base_run(factory, preset, fresh=fresh)
                 else:
                     run = runner.train_method(factory, preset, st.method, overrides=st.overrides, data_dir=data_dir,
-                                              grader=grader, fresh=fresh)
+                                              grader=grader, fresh=fresh, engines=engines)
                 st.run_id = run.id
                 if st.evaluate:
-                    runner.evaluate_run(factory, run, preset, data_dir=data_dir, grader=grader)
+                    runner.evaluate_run(factory, run, preset, data_dir=data_dir, grader=grader, engines=engines)
             except Exception as e:  # noqa: BLE001  (the table notes the failed run; others still run)
                 failures.append(f"{st.label}: {type(e).__name__}: {e}")
                 why = escape("".join(traceback.format_exception_only(e)).strip())
@@ -50,3 +56,11 @@ def execute(steps: list[Step], preset: Preset, factory: sessionmaker[Session], *
                 continue
             console.print(f"{st.label}: done in {time.perf_counter() - t0:.1f} s (run #{st.run_id})")
     return failures
+
+
+@contextmanager
+def _shutdown(engines) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        engines.shutdown()

@@ -16,7 +16,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from harness.store import Evaluation, Run, config_hash, session_scope
+from harness.store import Evaluation, Run, session_scope
+from harness.store import run_hash as stored_hash
 from repro.catalog import (
     ABLATIONS,
     LATENTREVISE_METHOD,
@@ -49,7 +50,7 @@ def run_hash(preset: Preset, method: str, overrides: dict[str, Any] | None = Non
     from repro.runs import base_config, run_config
 
     config = base_config(preset) if method == "base" else run_config(preset, method, overrides)[1]
-    return config_hash({"method": method, "model": preset.base_model, "config": config})
+    return stored_hash(method, preset.base_model, preset.name, preset.seed, config)
 
 
 def table_steps(table: str, preset: Preset) -> list[Step]:

@@ -14,6 +14,7 @@ the figures all read runs and scores through these functions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
@@ -55,31 +56,71 @@ def problem_counts(s: Session, evaluation_id: int) -> dict[str, tuple[int, int]]
     return {pid: (int(n), int(c or 0)) for pid, n, c in s.execute(q)}
 
 
-def matches(ev: Evaluation, protocol: EvalProtocol | None) -> bool:
-    """Same template and sampling as the protocol (keys the evaluation did not store are not checked)."""
+ANY_LIMIT = object()  # run_scores/matches: any problem-set limit (the largest problem set is preferred)
+
+
+@lru_cache(maxsize=1)
+def current_grader() -> dict[str, Any]:
+    """The identity of the protocol's grader: the default Grader under this code's policy version."""
+    from harness.evaluate import grader_identity
+    from harness.grading import Grader
+
+    return grader_identity(Grader().settings())
+
+
+def matches(ev: Evaluation, protocol: EvalProtocol | None, limit: Any = ANY_LIMIT) -> bool:
+    """Same template, sampling, grader policy (and problem-set limit, when given) as the protocol.
+
+    Keys an older evaluation did not store are not checked (rows without `identity` match on
+    template and sampling only). A re-grade under another grader option, or an evaluation graded
+    under an older GRADER_POLICY_VERSION, does not match: a table never mixes verdict policies."""
     if protocol is None:
         return True
     want = {"n": protocol.n_for(ev.benchmark), "temperature": protocol.temperature, "top_p": protocol.top_p,
             "max_tokens": protocol.max_tokens, "seed": protocol.seed}
     got = ev.sampling or {}
-    return ev.template == protocol.template and all(got[k] == v for k, v in want.items() if k in got)
+    if ev.template != protocol.template or any(got[k] != v for k, v in want.items() if k in got):
+        return False
+    ident = ev.identity or {}
+    if "grader" in ident and ident["grader"] != current_grader():
+        return False
+    return limit is ANY_LIMIT or "problem_set" not in ident or ident["problem_set"].get("limit") == limit
 
 
 def evaluated_runs(s: Session) -> set[int]:
     return set(s.scalars(select(Evaluation.run_id).where(Evaluation.status == "finished")))
 
 
+def _preference(ev: Evaluation) -> tuple:
+    """Which of several matching evaluations a table shows: the larger problem set, an original over
+    a re-grade (same verdict policy: same numbers), then the latest."""
+    return (ev.n_problems or 0, ev.regraded_from is None, ev.finished_at or ev.started_at, ev.id)
+
+
 def run_scores(s: Session, run: Run, benchmarks: Sequence[str] | None, protocol: EvalProtocol | None,
-               notes: list[str]) -> dict[str, BenchScores]:
-    """benchmark -> scores of the run's latest finished evaluation under `protocol`."""
+               notes: list[str], limit: Any = ANY_LIMIT) -> dict[str, BenchScores]:
+    """benchmark -> scores of the run's preferred finished evaluation under `protocol` (see `_preference`).
+
+    Skipped evaluations with another problem set, and scores taken from a re-grade, go to `notes`."""
     evs = s.scalars(select(Evaluation).where(Evaluation.run_id == run.id, Evaluation.status == "finished")
-                    .order_by(Evaluation.finished_at, Evaluation.id)).all()
-    out: dict[str, BenchScores] = {}
+                    .order_by(Evaluation.id)).all()
+    chosen: dict[str, Evaluation] = {}
     for ev in evs:
-        if (benchmarks is None or ev.benchmark in benchmarks) and matches(ev, protocol):
-            counts = problem_counts(s, ev.id)
-            if counts:
-                out[ev.benchmark] = BenchScores(ev.id, counts)  # later evaluations overwrite earlier ones
+        if (benchmarks is None or ev.benchmark in benchmarks) and matches(ev, protocol, limit):
+            if ev.benchmark not in chosen or _preference(ev) > _preference(chosen[ev.benchmark]):
+                chosen[ev.benchmark] = ev
+    out: dict[str, BenchScores] = {}
+    for b, ev in chosen.items():
+        smaller = [o.id for o in evs if o.benchmark == b and o is not ev and matches(o, protocol, limit)
+                   and (o.n_problems or 0) < (ev.n_problems or 0)]
+        if smaller:
+            notes.append(f"run #{run.id} {b}: showing evaluation #{ev.id} ({ev.n_problems} problems); "
+                         f"smaller problem sets not shown: " + ", ".join(f"#{i}" for i in smaller))
+        if ev.regraded_from is not None:
+            notes.append(f"run #{run.id} {b}: scores from re-grade #{ev.id} of evaluation #{ev.regraded_from}")
+        counts = problem_counts(s, ev.id)
+        if counts:
+            out[b] = BenchScores(ev.id, counts)
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import sqlite3
@@ -48,6 +49,7 @@ def test_eval_query_runs_show(tiny_model_dir, data_dir, tmp_path):
     assert run == [(1, "base", str(tiny_model_dir.resolve()), "custom", "finished")]
     assert evals == [("math500", "tiny-boxed", "finished", 2), ("amc23", "tiny-boxed", "finished", 2)]
     assert "avg@n" in res.output
+    _check_identity(db, tiny_model_dir)
 
     again = runner.invoke(app, _eval_args(tiny_model_dir, db, data_dir, "--backend", "hf"), env=ENV)
     assert again.exit_code == 0, again.output
@@ -70,6 +72,31 @@ def test_eval_query_runs_show(tiny_model_dir, data_dir, tmp_path):
     assert "27" in res.output  # a gold answer is shown next to the extracted one
     res = runner.invoke(app, ["show", "99", "--db", str(db)], env=ENV)
     assert res.exit_code == 1 and "no run 99" in res.output
+
+
+def _check_identity(db, model_dir):
+    """The identity the eval command stored: the engine it built, the model's content, the problem set."""
+    from harness.grading import GRADER_POLICY_VERSION
+    from harness.identity import model_revision
+
+    with sqlite3.connect(db) as conn:
+        idents = [json.loads(r[0]) for r in conn.execute("SELECT identity FROM evaluations ORDER BY id")]
+    for ident in idents:
+        engine = ident["engine"]
+        assert engine["backend"] == "hf" and engine["model"]["kind"] == "local"
+        assert engine["model"]["hash"] == model_revision(model_dir)["hash"] and engine["versions"]["torch"]
+        assert ident["problem_set"]["limit"] == 2 and ident["problem_set"]["n"] == 2
+        assert ident["grader"]["policy_version"] == GRADER_POLICY_VERSION and "workers" not in ident["grader"]
+        assert ident["template"]["literal"] == "Problem: {problem}\nSolution:"
+    assert [i["benchmark"] for i in idents] == ["math500", "amc23"]
+
+
+def test_greedy_with_several_samples_is_one_line_error(tiny_model_dir, data_dir, tmp_path):
+    args = _eval_args(tiny_model_dir, tmp_path / "r.db", data_dir, "--backend", "hf")
+    args[args.index("--temperature") + 1] = "0"
+    res = runner.invoke(_app(), args, env=ENV)
+    assert res.exit_code == 1 and "greedy decoding (temperature 0) with n=2" in res.output, res.output
+    assert not (tmp_path / "r.db").exists()  # refused before any row
 
 
 def test_bad_inputs_are_clear_errors(tiny_model_dir, data_dir, tmp_path):

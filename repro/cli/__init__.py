@@ -4,10 +4,11 @@
     evaluate.py  eval, crosscheck
     training.py  train, methods
     results.py   leaderboard, runs, show, query
+    regrade.py   regrade (re-score stored samples, no engine)
     app.py       the typer app, the console, the options commands share (--db, --data-dir, ...)
 """
 
-from repro.cli import evaluate, results, table, training  # noqa: F401  (importing registers the commands)
+from repro.cli import evaluate, regrade, results, table, training  # noqa: F401  (importing registers the commands)
 from repro.cli.app import app
 
 __all__ = ["app"]

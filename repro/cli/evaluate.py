@@ -76,7 +76,8 @@ def eval_cmd(
     tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", min=1),
     data_parallel_size: int = typer.Option(1, "--data-parallel-size", min=1),
     max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="vLLM context length"),
-    batch_size: int = typer.Option(64, "--batch-size", min=1, help="problems per generation batch"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="at most this many problems per "
+                                             "engine call (default: all in one call, the fastest)"),
 ) -> None:
     """Evaluate a model on benchmarks; every sample and verdict goes to results.db (resumable)."""
     from harness.evaluate import evaluate_model
@@ -90,8 +91,11 @@ def eval_cmd(
     names = check_benchmarks(benchmarks)
     model = check_model(model)
     check_data(names, data_dir, limit)
-    protocol = EvalProtocol(template=template, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                            n_default=n, pass_k=pass_ks(n), seed=seed)
+    try:
+        protocol = EvalProtocol(template=template, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                n_default=n, pass_k=pass_ks(n), seed=seed)
+    except ValueError as e:  # greedy with n > 1, ...
+        fail(str(e))
     settings = VLLMSettings(dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                             data_parallel_size=data_parallel_size, max_model_len=max_model_len)
     try:
@@ -105,7 +109,10 @@ def eval_cmd(
         except Exception as e:  # a hub id that is not reachable, a broken checkpoint, ...
             raise typer.BadParameter(f"could not load model {path!r} with {backend}: {type(e).__name__}: {e}") from e
 
+    make_generator.identity = engines.identity  # the evaluation identity, known before any engine starts
+
     factory = open_db(db)  # a bad URL, a missing driver, an unwritable path: one line, before any row
+    # the run is the model; each evaluation's identity (harness.evaluate) covers engine and protocol
     config = {"protocol": protocol, "backend": backend, "dtype": dtype}
     # a finished run stays finished (new benchmarks are added to it); a failed one is resumed in place
     run, already_finished = get_or_create_run(factory, method="base", model=model, preset="custom", seed=seed,

@@ -99,8 +99,10 @@ def show(run_id: int = typer.Argument(...), db: Db = DEFAULT_DB,
                   highlight=False)
     if run.error:
         console.print(Text.assemble(("error: ", "red"), run.error), highlight=False)
-    console.print(metrics_table("metrics", {f"{ev.benchmark} [{ev.template}, n={ev.sampling.get('n')}, "
-                                             f"{ev.status}]": ev.metrics or {} for ev in evals}))
+    console.print(metrics_table("metrics", {f"#{ev.id} {ev.benchmark} [{ev.template}, n={ev.sampling.get('n')}, "
+                                             f"{ev.status}"
+                                             + (f", re-grade of #{ev.regraded_from}" if ev.regraded_from else "")
+                                             + "]": ev.metrics or {} for ev in evals}))
     table = Table(title="samples: some correct, some incorrect")
     for c in ("benchmark", "problem", "#", "ok", "extracted", "gold", "finish", "completion (end)"):
         table.add_column(c, overflow="fold")

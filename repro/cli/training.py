@@ -54,16 +54,22 @@ def train(
     except KeyError as e:
         fail(str(e.args[0]))
     factory = open_db(db)
+    engines = None
     try:
-        run = runner.train_method(factory, chosen, method, overrides=parse_overrides(overrides),
-                                  data_dir=data_dir, fresh=fresh, backend=backend)
-    except ValueError as e:  # unknown config field, bad value
-        fail(str(e))
-    console.print(f"run {run.id} ({run.method}, {run.status}): checkpoint {run.checkpoint}")
-    if evaluate:
-        metrics = runner.evaluate_run(factory, run, chosen, data_dir=data_dir, backend=backend)
-        for bench, m in metrics.items():
-            console.print(f"  {bench}: avg@{m.get('n')} = {m.get('avg@n', float('nan')):.4f}")
+        try:
+            engines = runner.EnginePool(runner.generator_factory(chosen, backend))  # training's engine evaluates too
+            run = runner.train_method(factory, chosen, method, overrides=parse_overrides(overrides),
+                                      data_dir=data_dir, fresh=fresh, backend=backend, engines=engines)
+        except ValueError as e:  # unknown config field, bad value
+            fail(str(e))
+        console.print(f"run {run.id} ({run.method}, {run.status}): checkpoint {run.checkpoint}")
+        if evaluate:
+            metrics = runner.evaluate_run(factory, run, chosen, data_dir=data_dir, backend=backend, engines=engines)
+            for bench, m in metrics.items():
+                console.print(f"  {bench}: avg@{m.get('n')} = {m.get('avg@n', float('nan')):.4f}")
+    finally:
+        if engines is not None:
+            engines.shutdown()
 
 
 @app.command()
