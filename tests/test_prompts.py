@@ -34,7 +34,7 @@ def test_tiny_boxed_is_the_fixed_contract(tiny_model_dir):
 QWEN_SOURCE = {
     "qwen-boxed": (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-        "<|im_start|>user\n{input}\nPlease reason step by step, and put your final answer within \\boxed{{}}.<|im_end|>\n"
+        "<|im_start|>user\n{input}\nPlease reason step by step, and put your final answer within \\boxed{{}}.<|im_end|>\n"  # noqa: E501
         "<|im_start|>assistant\n"
     ),
     "qwen25-math-cot": (
