@@ -48,7 +48,8 @@ PROBLEM_SETS: dict[str, ProblemSet] = {s.column: s for s in (
     ProblemSet("aime24", 30, "AIME 2024"),
     ProblemSet("aime25", 30, "AIME 2025"),
     ProblemSet("amc23", 40, "AMC 2023, 40 problems (QwenLM/Qwen2.5-Math evaluation/data/amc23)"),
-    ProblemSet("amc22+23", 83, "AMC 2022+2023, 83 problems (agentica-project/deepscaler data/test/amc.json)"),
+    ProblemSet("amc22+23", 83,
+               "AMC 2022+2023, 83 problems (agentica-project/deepscaler deepscaler/data/test/amc.json)"),
     ProblemSet("olympiadbench", 675, "OlympiadBench, 675 problems"),
 )}
 COLUMNS = tuple(PROBLEM_SETS)
