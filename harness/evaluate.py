@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from benchmarks import Problem, load_benchmark
 
-from .generation import Completion, Generator, Sampling, stable_seed
+from .generation import Completion, Generator, Sampling, encode_prompt, stable_seed
 from .grading import GRADER_POLICY_VERSION
 from .prompts import get_template, stop_sequences
 from .protocol import EvalProtocol
@@ -105,12 +105,13 @@ def eval_identity(benchmark: str, problems: Sequence[Problem], protocol: EvalPro
 
 def sampling_for(benchmark: str, protocol: EvalProtocol) -> Sampling:
     return Sampling(n=protocol.n_for(benchmark), temperature=protocol.temperature, top_p=protocol.top_p,
-                    max_tokens=protocol.max_tokens, seed=protocol.seed, stop=stop_sequences(protocol.template))
+                    max_tokens=protocol.max_tokens, seed=protocol.seed, stop=stop_sequences(protocol.template),
+                    include_stop=get_template(protocol.template).include_stop)
 
 
 def _sampling_dict(s: Sampling) -> dict[str, Any]:
     return {"n": s.n, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens,
-            "seed": s.seed, "stop": list(s.stop)}
+            "seed": s.seed, "stop": list(s.stop), **({"include_stop": True} if s.include_stop else {})}
 
 
 def engine_of(generator: Any, model: str | None = None) -> dict[str, Any]:
@@ -253,7 +254,8 @@ def _run_batches(factory, jobs, template, protocol, gen, grader, batch_size, pro
             _wait(pending, timing)  # surfaces a grading/storage error of the previous call
             step = max(1, STORE_CHUNK // batch[0][0].sampling.n)
             pending = [pool.submit(_grade_and_store, factory, batch[i:i + step], prompts[i:i + step],
-                                   completions[i:i + step], grader, timing, lock, bar)
+                                   completions[i:i + step], grader, timing, lock, bar,
+                                   template.scored_text)
                        for i in range(0, len(batch), step)]
         _wait(pending, timing)
     finally:
@@ -269,14 +271,15 @@ def _wait(pending: list[Future], timing: dict[str, float]) -> None:
     timing["wait_for_grading_s"] += time.perf_counter() - t
 
 
-def _grade_and_store(factory, batch, prompts, completions, grader, timing, lock, bar) -> None:
+def _grade_and_store(factory, batch, prompts, completions, grader, timing, lock, bar,
+                     scored=lambda text: text) -> None:
     t = time.perf_counter()
     rows = []  # (job, problem, prompt, sample_index, completion)
     for (job, p), prompt, outs in zip(batch, prompts, completions):
         have = job.stored.get(p.id, set())
         rows += [(job, p, prompt, j, c) for j, c in enumerate(outs) if j not in have]
     graded = [i for i, r in enumerate(rows) if r[4].finish_reason != TOO_LONG]
-    verdicts = dict(zip(graded, _grade(grader, [(rows[i][4].text, rows[i][1].answer) for i in graded])))
+    verdicts = dict(zip(graded, _grade(grader, [(scored(rows[i][4].text), rows[i][1].answer) for i in graded])))
     samples = []
     for i, (job, p, prompt, j, c) in enumerate(rows):
         v = verdicts.get(i)
@@ -353,7 +356,7 @@ def context_limit(gen) -> int | None:
 def _count_tokens(tokenizer, text: str) -> int | None:
     if tokenizer is None:
         return None
-    return len(tokenizer(text, add_special_tokens=False).input_ids)
+    return len(encode_prompt(tokenizer, text))  # what the generator submits (one BOS where the model has one)
 
 
 def _progress(progress: bool | Progress) -> tuple[Progress, bool]:

@@ -12,6 +12,16 @@ Which engine: `GeneratorFactory(backend, settings, seed, device)` is the one pla
 vLLM or transformers ("auto": vLLM when installed); calling it with a model path builds the
 generator. Training runs, evaluations, the CLI and the lm-eval bridge all get theirs from it.
 
+Stops (both backends alike): a stop string that is a special token of the tokenizer (`<|im_end|>`,
+`<|endoftext|>`) is stopped on by token id (`split_stops`), because engines check stop strings
+against detokenized text, which leaves special tokens out (vllm-project/vllm#2123): as a string it
+never matches. Other stop strings stay strings. The token that ends a sample (eos or a stop id) is
+the last of its `token_ids`, as vLLM reports it; its text is left out of `text`.
+
+Prompt text is tokenized once, by us, without the tokenizer's added special tokens except one BOS
+where the tokenizer adds one and the text does not already start with it (`encode_prompt`): a chat
+template that emits `{{ bos_token }}` (Llama, R1-Distill) must not get a second BOS.
+
 Multi-GPU: `VLLMGenerator` forwards vLLM's own `tensor_parallel_size` and `data_parallel_size`;
 there is no scheduler of ours.
 """
@@ -22,6 +32,7 @@ import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Iterable, Literal, Protocol, Sequence, Union
 
 import torch
@@ -37,6 +48,7 @@ class Sampling:
     max_tokens: int = 512
     seed: int = 0
     stop: tuple[str, ...] = ()
+    include_stop: bool = False  # keep a matched stop string at the end of the text (r1's "</answer>")
 
 
 @dataclass
@@ -71,6 +83,52 @@ def _request_seeds(sampling: Sampling, n_prompts: int, seeds: Sequence[int] | No
     if len(seeds) != n_prompts:
         raise ValueError(f"got {len(seeds)} seeds for {n_prompts} prompts")
     return list(seeds)
+
+
+def _special_tokens(tokenizer) -> dict[str, int]:
+    """text -> id of every special token (added tokens flagged special, and the named ones)."""
+    out = {t.content: i for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
+           if getattr(t, "special", False)}
+    out.update(zip(getattr(tokenizer, "all_special_tokens", ()), getattr(tokenizer, "all_special_ids", ())))
+    return out
+
+
+def split_stops(tokenizer, stops: Sequence[str]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """(stop strings, stop token ids): each stop that is one special token of `tokenizer` becomes its id."""
+    special = _special_tokens(tokenizer) if tokenizer is not None else {}
+    strings = tuple(s for s in stops if s not in special)
+    return strings, tuple(dict.fromkeys(special[s] for s in stops if s in special))
+
+
+@lru_cache(maxsize=32)
+def _adds_bos(tokenizer) -> bool:
+    """Does `tokenizer(text)` put a BOS in front (Llama) or not (Qwen: no BOS at all)?"""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    with_special = tokenizer("1", add_special_tokens=True).input_ids
+    without = tokenizer("1", add_special_tokens=False).input_ids
+    return with_special[:1] == [bos] and without[:1] != [bos]
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a rendered prompt with exactly the one BOS its model expects (none if it has none).
+
+    The text is tokenized without added special tokens (a chat template already wrote its own BOS
+    and markup); a BOS is put in front only where the tokenizer would add one and the text lacks it."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    if _adds_bos(tokenizer) and ids[:1] != [tokenizer.bos_token_id]:
+        ids = [tokenizer.bos_token_id] + ids
+    return ids
+
+
+def _cut_at_stop(text: str, stops: Sequence[str], include: bool) -> str:
+    """`text` up to the earliest stop string (and through it if `include`), as vLLM returns it."""
+    hits = [(text.index(s), s) for s in stops if s in text]
+    if not hits:
+        return text
+    at, s = min(hits)
+    return text[: at + len(s)] if include else text[:at]
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,17 +180,12 @@ class VLLMGenerator:
 
         if not prompts:
             return []
-        inputs = []
-        for p in prompts:
-            if isinstance(p, str):
-                inputs.append({"prompt": p})
-            elif isinstance(p, torch.Tensor):
-                inputs.append({"prompt_embeds": p.detach().to("cpu", torch.float32)})
-            else:
-                inputs.append({"prompt_token_ids": list(p)})
+        inputs = [_engine_input(p, self.tokenizer) for p in prompts]
+        stop_strings, stop_ids = split_stops(self.tokenizer, sampling.stop)
         params = [
             SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                           max_tokens=sampling.max_tokens, seed=s, stop=list(sampling.stop) or None,
+                           max_tokens=sampling.max_tokens, seed=s, stop=list(stop_strings) or None,
+                           stop_token_ids=list(stop_ids) or None, include_stop_str_in_output=sampling.include_stop,
                            logprobs=0)
             for s in _request_seeds(sampling, len(prompts), seeds)
         ]
@@ -182,6 +235,15 @@ class VLLMGenerator:
         del self.llm
 
 
+def _engine_input(prompt: PromptInput, tokenizer) -> dict:
+    """One vLLM prompt: text goes as our own token ids (`encode_prompt`), never as text vLLM would re-tokenize."""
+    if isinstance(prompt, str):
+        return {"prompt_token_ids": encode_prompt(tokenizer, prompt)}
+    if isinstance(prompt, torch.Tensor):
+        return {"prompt_embeds": prompt.detach().to("cpu", torch.float32)}
+    return {"prompt_token_ids": list(prompt)}
+
+
 def _reload_weights_from_blob(worker, blob: bytes) -> None:
     """Runs inside each vLLM worker (module-level so it pickles by reference)."""
     from safetensors.torch import load
@@ -218,16 +280,24 @@ class HFGenerator:
         return [self._generate_one(p, sampling, s)
                 for p, s in zip(prompts, _request_seeds(sampling, len(prompts), seeds))]
 
+    def _end_ids(self, stop_ids: Sequence[int]) -> set[int]:
+        """Token ids that end a sample: eos (tokenizer's and generation config's, as vLLM reads them) + stop ids."""
+        ids = {self.tokenizer.eos_token_id, *stop_ids}
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
+        return ids - {None}
+
     def _generate_one(self, prompt: PromptInput, sampling: Sampling, seed: int) -> list[Completion]:
         embed = self.model.get_input_embeddings()
         if isinstance(prompt, torch.Tensor):
             prompt_embeds = prompt.to(self.device, embed.weight.dtype)
         else:
-            ids = self.tokenizer(prompt, add_special_tokens=False).input_ids if isinstance(prompt, str) else prompt
+            ids = encode_prompt(self.tokenizer, prompt) if isinstance(prompt, str) else prompt
             prompt_embeds = embed(torch.tensor(ids, device=self.device))
         n = sampling.n
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        eos = self.tokenizer.eos_token_id
+        stop_strings, stop_ids = split_stops(self.tokenizer, sampling.stop)
+        end_ids = self._end_ids(stop_ids)
         out = self.model(inputs_embeds=prompt_embeds.unsqueeze(0).expand(n, -1, -1), use_cache=True)
         past, logits = out.past_key_values, out.logits[:, -1, :]
         tokens: list[list[int]] = [[] for _ in range(n)]
@@ -244,25 +314,20 @@ class HFGenerator:
                 if done[i]:
                     continue
                 t = int(nxt[i])
-                if t == eos:
-                    done[i], reasons[i] = True, "stop"
-                    continue
-                tokens[i].append(t)
+                tokens[i].append(t)  # the ending token too: vLLM reports it as the last token id
                 logps[i].append(float(logprobs[i, t]))
-                if sampling.stop and any(s in self.tokenizer.decode(tokens[i][-16:]) for s in sampling.stop):
+                # stop strings are matched on text without special tokens, as vLLM's detokenizer gives it
+                if t in end_ids or (stop_strings and any(
+                        s in self.tokenizer.decode(tokens[i][-16:], skip_special_tokens=True) for s in stop_strings)):
                     done[i], reasons[i] = True, "stop"
             if all(done):
                 break
             out = self.model(input_ids=nxt.unsqueeze(1), past_key_values=past, use_cache=True)
             past, logits = out.past_key_values, out.logits[:, -1, :]
-        completions = []
-        for i in range(n):
-            text = self.tokenizer.decode(tokens[i], skip_special_tokens=True)
-            for s in sampling.stop:  # vLLM drops the stop string from the text; so do we
-                if s in text:
-                    text = text[: text.index(s)]
-            completions.append(Completion(text, tokens[i], reasons[i], prompt_embeds.shape[0], logps[i]))
-        return completions
+        return [Completion(_cut_at_stop(self.tokenizer.decode(tokens[i], skip_special_tokens=True), stop_strings,
+                                        sampling.include_stop),
+                           tokens[i], reasons[i], prompt_embeds.shape[0], logps[i])
+                for i in range(n)]
 
     def identity(self) -> dict:
         """What about this engine changes its samples (harness.identity; enters evaluation identities)."""

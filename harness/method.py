@@ -41,7 +41,7 @@ class RunContext:
     out_dir: Path
     seed: int = 0
     device: str = "cpu"
-    template: str = "qwen-boxed"
+    template: str = "qwen25-math-cot"
     budget: Budget = field(default_factory=Budget)
     make_generator: Callable[[str], Generator] | None = None  # model dir -> generator (vLLM or HF)
     grader: Any = None  # harness.grading.Grader

@@ -15,7 +15,7 @@ from .config import require
 
 @dataclass(frozen=True)
 class EvalProtocol:
-    template: str = "qwen-boxed"
+    template: str = "qwen25-math-cot"
     temperature: float = 0.6
     top_p: float = 0.95
     max_tokens: int = 3072

@@ -205,7 +205,7 @@ PAPER = Preset(
     train_limit=None,
     benchmarks=("math500", "aime24", "aime25", "amc23", "olympiadbench"),
     # temperature 0.6 / top-p 0.95, n=32 on the 30-40 problem sets: the DeepSeek-R1 / DeepScaleR protocol
-    eval=EvalProtocol(template="qwen-boxed", temperature=0.6, top_p=0.95, max_tokens=PAPER_GEN_TOKENS, n_default=4,
+    eval=EvalProtocol(template="qwen25-math-cot", temperature=0.6, top_p=0.95, max_tokens=PAPER_GEN_TOKENS, n_default=4,
                       n_per_benchmark={"aime24": 32, "aime25": 32, "amc23": 32}, pass_k=(1, 8, 32), seed=0),
     methods=PAPER_PARTS.compose(),
     parts=PAPER_PARTS,
@@ -222,7 +222,7 @@ PAPER_7B = PAPER.with_overrides(name="paper-7b", base_model="Qwen/Qwen2.5-Math-7
 
 # ---------------------------------------------------------------------------------------------
 # paper-rehearsal: the paper preset's pipeline on a CPU in minutes (`--table main --preset paper-rehearsal`).
-# Same training set and filter, the five benchmarks, the qwen-boxed chat template, the real grader, mining
+# Same training set and filter, the five benchmarks, the qwen25-math-cot ChatML prompt, the real grader, mining
 # over MATH prompts, vLLM with weight sync; a ~0.2M-parameter model built offline (repro/tiny/rehearsal.py);
 # every budget cut. Its accuracy is ~0: a pipeline check, not a result.
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ Needs torch, transformers and accelerate (pytest for the GPU tests): no vLLM, no
              trained by the methods' own `train` on the CUDA paths (bf16 autocast, gradient checkpointing,
              bf16 revision), with the transformers generator in place of vLLM, a random Qwen2 of
              `--steps-shape` with a tokenizer trained on the arithmetic problems (chat template, Qwen's
-             special tokens), `qwen-boxed` prompts of arith-train problems, an in-memory RunContext
+             special tokens), `qwen25-math-cot` prompts of arith-train problems, an in-memory RunContext
              instead of results.db, and a STAND-IN grader: a completion is "correct" when a hash of its
              text is 0 mod 4, so a random model still gets mixed GRPO groups (the update runs), zero-hit
              prompts (the revision runs) and rescues (the insertion runs). Figures: wall time, peak CUDA
@@ -138,7 +138,7 @@ def memory_context(out_dir: Path, device: str, make_generator: Callable, grader)
             self.revisions += [{k: r[k] for k in ("prefix_len", "fw_steps", "rescued", "wall_s", "peak_mem_mb")}
                                for r in rows]
 
-    ctx = MemoryContext(run_id=0, db=None, out_dir=out_dir, seed=0, device=device, template="qwen-boxed",
+    ctx = MemoryContext(run_id=0, db=None, out_dir=out_dir, seed=0, device=device, template="qwen25-math-cot",
                         make_generator=make_generator, grader=grader, progress=False)
     ctx.steps, ctx.rollouts, ctx.revisions = [], 0, []
     return ctx

@@ -233,7 +233,7 @@ def test_exported_lm_eval_tasks_load_offline(data_dir, monkeypatch):
     for benchmark, name in TASKS.items():
         docs, ours = list(tasks[name].test_docs()), load_benchmark(benchmark, data_dir)
         assert [d["id"] for d in docs] == [p.id for p in ours]
-        assert tasks[name].doc_to_text(docs[1]) == render("qwen-boxed", ours[1].problem)
+        assert tasks[name].doc_to_text(docs[1]) == render("qwen25-math-cot", ours[1].problem)
         assert tasks[name].doc_to_target(docs[1]) == ours[1].answer
         right = tasks[name].process_results(docs[1], [f"so \\boxed{{{ours[1].answer}}}"])
         wrong = tasks[name].process_results(docs[1], ["so \\boxed{-987654}"])

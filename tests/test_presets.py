@@ -98,7 +98,7 @@ def test_the_rehearsal_is_the_paper_preset_with_budgets_cut():
     assert _diff(PAPER_REHEARSAL.eval, PAPER.eval) <= REHEARSAL_CUTS["eval"]
     assert set(PAPER_REHEARSAL.eval.n_per_benchmark) == set(PAPER.eval.n_per_benchmark)  # same structure
     assert (PAPER_REHEARSAL.train_set, PAPER_REHEARSAL.train_filter, PAPER_REHEARSAL.benchmarks,
-            PAPER_REHEARSAL.eval.template) == (PAPER.train_set, PAPER.train_filter, PAPER.benchmarks, "qwen-boxed")
+            PAPER_REHEARSAL.eval.template) == (PAPER.train_set, PAPER.train_filter, PAPER.benchmarks, "qwen25-math-cot")
     assert set(PAPER_REHEARSAL.methods) == set(PAPER.methods)
     for method in PAPER.methods:
         if method not in available_methods():

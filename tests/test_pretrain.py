@@ -109,8 +109,7 @@ def test_vllm_and_transformers_greedy_agree(small_model):
         vl = engine.generate(PROMPTS, greedy)
     finally:
         engine.close()
-    eos = engine.tokenizer.eos_token_id
-    for h, v in zip(hf, vl):  # vLLM keeps the eos it stopped at in token_ids, HFGenerator does not
-        assert h[0].token_ids == [t for t in v[0].token_ids if t != eos]
+    for h, v in zip(hf, vl):  # both keep the eos they stopped at as the last token id
+        assert h[0].token_ids == v[0].token_ids
         assert h[0].text == v[0].text and h[0].finish_reason == v[0].finish_reason
     assert any(len(h[0].token_ids) > 3 for h in hf)

@@ -1,5 +1,5 @@
 """`--table main --preset paper-rehearsal` end to end on the CPU: the paper preset's pipeline (MATH L3-5 prompts,
-the five benchmarks from the local directory, qwen-boxed through a chat template, vLLM with weight sync, mining and
+the five benchmarks from the local directory, qwen25-math-cot (ChatML), vLLM with weight sync, mining and
 revision, the real grader) with budgets cut. Its accuracy is ~0 and the table says so; what is checked here is that
 every stage ran and left what the paper run will leave in results.db. `.ci/run` runs this test after the suite."""
 
@@ -53,13 +53,13 @@ def test_evaluations_use_the_paper_protocol_on_real_benchmark_answers(rehearsal,
 
     with session_scope(factory) as s:
         evs = s.scalars(select(Evaluation)).all()
-        assert len(evs) == 5 * len(P.benchmarks) and {e.template for e in evs} == {"qwen-boxed"}
+        assert len(evs) == 5 * len(P.benchmarks) and {e.template for e in evs} == {"qwen25-math-cot"}
         for ev in evs:
             gold = {p.id: p.answer for p in load_benchmark(ev.benchmark, data_dir, P.eval_limit)}
             samples = s.scalars(select(Sample).where(Sample.evaluation_id == ev.id)).all()
             assert len(samples) == P.eval_limit * 2 and {x.problem_id for x in samples} == set(gold)
             assert all(x.gold == gold[x.problem_id] for x in samples)  # the benchmark's own answers
-            # the Qwen2.5-Math system prompt rendered through the tokenizer's chat template
+            # the Qwen2.5-Math system prompt: qwen25-math-cot's ChatML text
             assert all(x.prompt.startswith("<|im_start|>system\nPlease reason step by step") for x in samples)
             assert ev.grader["grader"] == GRADER_NAME  # the real grader, math-verify
             assert ev.sampling["max_tokens"] == P.eval.max_tokens and ev.sampling["temperature"] == 0.6

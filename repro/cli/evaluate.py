@@ -62,7 +62,7 @@ def pass_ks(n: int) -> tuple[int, ...]:
 def eval_cmd(
     model: str = typer.Argument(..., help="local model directory or hub id"),
     benchmarks: str = typer.Option(DEFAULT_BENCHMARKS, "--benchmarks", help="comma-separated benchmark names"),
-    template: str = typer.Option("qwen-boxed", "--template", help="prompt template (harness/prompts.py)"),
+    template: str = typer.Option("qwen25-math-cot", "--template", help="prompt template (harness/prompts.py)"),
     n: int = typer.Option(1, "--n", min=1, help="samples per problem"),
     temperature: float = typer.Option(0.6, "--temperature", min=0.0),
     top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0),
@@ -140,7 +140,7 @@ def crosscheck(
     benchmark: str = typer.Argument(..., help="one of math500, aime24, aime25, amc23, olympiadbench"),
     model: str = typer.Option(..., "--model", help="local model directory or hub id"),
     limit: int = typer.Option(10, "--limit", min=1),
-    template: str = typer.Option("qwen-boxed", "--template"),
+    template: str = typer.Option("qwen25-math-cot", "--template"),
     max_tokens: int = typer.Option(1024, "--max-tokens", min=1),
     data_dir: DataDir = None,
     db: Db = DEFAULT_DB,

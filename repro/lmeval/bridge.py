@@ -60,7 +60,7 @@ class HarnessLM(LM):
         raise NotImplementedError("HarnessLM only generates (generate_until tasks)")
 
 
-def task_config(benchmark: str, data_dir: str | os.PathLike | None, template: str = "qwen-boxed",
+def task_config(benchmark: str, data_dir: str | os.PathLike | None, template: str = "qwen25-math-cot",
                 tokenizer=None, max_tokens: int | None = None) -> dict[str, Any]:
     """The exported YAML for `benchmark`, with absolute data_files and the harness's own prompt."""
     from lm_eval.tasks._yaml_loader import load_yaml
@@ -95,7 +95,7 @@ def run_lm_eval(lm: LM, benchmark: str, data_dir, *, limit: int, template: str, 
     return sorted(results["samples"][cfg["task"]], key=lambda r: r["doc_id"])
 
 
-def crosscheck(benchmark: str, model: str, *, limit: int = 10, template: str = "qwen-boxed",
+def crosscheck(benchmark: str, model: str, *, limit: int = 10, template: str = "qwen25-math-cot",
                max_tokens: int = 1024, data_dir: str | None = None, db: str = "results.db",
                backend: str = "vllm", dtype: str = "auto", max_model_len: int | None = None,
                generator: Generator | None = None, grader=None) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 The rehearsal runs the paper preset's pipeline on a CPU, so its model must look like the paper's
 where the pipeline can tell: a byte-level BPE tokenizer trained on MATH train text with Qwen's
 special tokens (`<|endoftext|>`, `<|im_start|>`, `<|im_end|>`) and a chat template, so the
-`qwen-boxed` template renders through `apply_chat_template` exactly as for Qwen2.5-Math, and a
+`qwen25-math-cot` template is the same text as its chat template renders for Qwen2.5-Math, and a
 context of 4096 positions, enough for every benchmark prompt under that template (the longest,
 an OlympiadBench problem, is ~1840 tokens with a 2048-token vocabulary).
 

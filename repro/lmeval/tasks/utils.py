@@ -1,6 +1,6 @@
 """lm-eval hooks for the LatentRevise tasks: the harness's prompt and grader, called in-process.
 
-`doc_to_text` renders the harness template named by $LATENTREVISE_TEMPLATE (default qwen-boxed, the
+`doc_to_text` renders the harness template named by $LATENTREVISE_TEMPLATE (default qwen25-math-cot, the
 literal Qwen chat format: lm-eval has no tokenizer here); repro/lmeval/bridge.py replaces it with
 the tokenizer-aware rendering the harness itself uses. `process_results` reports two metrics:
   math_verify  the harness grader (last \\boxed{}, math-verify; harness/grading.py), our number;
@@ -29,7 +29,7 @@ def doc_to_target(doc: dict) -> str:
 
 
 def doc_to_text(doc: dict) -> str:
-    return render(os.environ.get("LATENTREVISE_TEMPLATE", "qwen-boxed"), _problem(doc))
+    return render(os.environ.get("LATENTREVISE_TEMPLATE", "qwen25-math-cot"), _problem(doc))
 
 
 def _squash(s: str | None) -> str:
