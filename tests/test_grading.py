@@ -19,11 +19,13 @@ from harness.grading import (
     Verdict,
     _grade_batch,
     answer_parts,
+    answers_equivalent,
     extract_answer,
     find_boxes,
     is_correct,
     normalize_answer,
 )
+from harness.metrics import maj_at_k
 
 
 def _mv_default(completion: str, gold: str) -> bool:
@@ -267,6 +269,34 @@ def test_trailing_period_inside_the_box(grader):
 ])
 def test_gold_forms(grader, text, gold, ok):
     assert verdict(grader, text, gold).correct is ok
+
+
+# --- maj@k clusters: the grader's equivalence -------------------------------------------------------
+
+VOTES = [  # (extracted answers, verdicts) of three problems
+    (["0.5", "7", r"\frac{1}{2}", "7", "1/2"], [False, True, False, True, False]),  # three wrong: one value
+    ([r"\dfrac{3}{4}", "0.75", "5", "5", "3/4"], [True, True, False, False, True]),
+    ([None, "x=2", "2", "3"], [False, False, False, False]),  # x=2 and 2: either direction accepts
+]
+
+
+def test_vote_labels_cluster_by_the_graders_equivalence(grader, pool):
+    expected = [[0, 1, 0, 1, 0], [0, 0, 1, 1, 0], [None, 0, 0, 1]]
+    assert grader.vote_labels(VOTES) == expected
+    assert pool.vote_labels(VOTES) == expected
+    assert [maj_at_k(a, ok, 5, lab) for (a, ok), lab in zip(VOTES[:2], expected)] == [0.0, 1.0]
+    assert maj_at_k(*VOTES[0], 5) == 1.0  # string keys: "7" (2 votes) wins against three 1-vote keys
+    assert answers_equivalent("x=2", "2") and answers_equivalent("2", "x=2") and not answers_equivalent("2", "3")
+
+
+def test_vote_labels_time_limit_means_not_equivalent():
+    g = Grader(workers=0, timeout_s=0.5)
+    g.vote_labels([(["1", "2"], [False, False])])  # imports outside the clock
+    t0 = time.perf_counter()
+    # each comparison with the tower times out (0.5 s): "not equivalent", and "1.0" still joins "1"
+    labels = g.vote_labels([([PATHOLOGICAL[0][7:-1], "1", "1.0"], [False, False, False])])
+    assert 0.9 < time.perf_counter() - t0 < 4
+    assert labels == [[0, 1, 1]]
 
 
 # --- time limits, the pool ---------------------------------------------------------------------------
