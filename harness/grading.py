@@ -39,7 +39,7 @@ Extraction (what "the answer" of a completion is)
 
 Normalization, applied to the extracted answer and to the gold alike, where math-verify's default is
 wrong for us:
-  - a trailing period is dropped: `\boxed{5.}` == 5 (math-verify fails to parse "5." and falls back
+  - trailing periods are dropped: `\boxed{5.}` == 5 (math-verify fails to parse "5." and falls back
     to comparing the strings "5." and "5");
   - percent signs are dropped, never read as /100: `50\%` == `50`, but `50\%` != `0.5` and `0.5` !=
     `50\%` (MATH writes percent answers with and without `\%`; math-verify accepts all three as equal,
@@ -174,7 +174,8 @@ def answer_parts(answer: str) -> list[str]:
 def normalize_answer(answer: str) -> str:
     """Our fixes to math-verify's reading of an answer string (see module docstring)."""
     s = _PERCENT.sub("", answer).strip()
-    s = re.sub(r"(?:\s|\\[,;!]|\\quad)*\.$", "", s).strip()  # "5." -> "5" (also "5 ." and "5\,.")
+    # "5." -> "5" (also "5 .", "5\,." and "5..": every trailing period, so that normalizing twice changes nothing)
+    s = re.sub(r"(?:(?:\s|\\[,;!]|\\quad)*\.)+$", "", s).strip()
     m = _SCI.match(s)
     if m:
         s = f"{m.group(1)}\\times10^{{{int(m.group(2))}}}"
