@@ -21,6 +21,7 @@ from harness.grading import (
     answer_parts,
     answers_equivalent,
     extract_answer,
+    final_statement_boxes,
     find_boxes,
     is_correct,
     normalize_answer,
@@ -87,6 +88,24 @@ def test_box_with_space_before_brace_and_fbox(grader):
     assert verdict(grader, r"so \fbox{12}", "12").extracted == "12"
     assert verdict(grader, r"\boxed{\boxed{7}}", "7").extracted == "7"  # a box that is one box
     assert find_boxes(r"a \boxed{x^{2}} b \boxed {3") == [(2, 15, "x^{2}"), (18, 27, None)]
+
+
+@pytest.mark.parametrize("text,parts", [
+    (r"x = \boxed{2} and y = \boxed{3}.", ["2", "3"]),
+    (r"$\boxed{1}$, $\boxed{2}$; $\boxed{4}$", ["1", "2", "4"]),
+    ("\\boxed{1}\n\\boxed{2}", ["1", "2"]),  # one newline joins
+    ("\\boxed{1}\n\n\\boxed{2}", ["2"]),  # a blank line separates
+    (r"\boxed{1}. \boxed{2}", ["2"]),  # a sentence end separates
+    (r"\boxed{1}? \boxed{2}", ["2"]),
+    (r"\boxed{1} " + "x" * 61 + r" \boxed{2}", ["2"]),  # more than 60 characters between them
+    (r"\boxed{1} " + "x" * 58 + r" \boxed{2}", ["1", "2"]),  # 60 exactly
+    (r"\boxed{1}, actually \boxed{2}", ["2"]),  # a word of self-correction
+    (r"\boxed{1} but \boxed{2}", ["2"]),
+    (r"\boxed{1}, hmm, \boxed{2}", ["2"]),
+    (r"\boxed{1 , 2} then \boxed{3", []),  # the last box never closed: no box
+])
+def test_final_statement_rules(text, parts):
+    assert final_statement_boxes(text) == parts
 
 
 # --- multi-part answers (rule 3) ---------------------------------------------------------------------
@@ -186,10 +205,20 @@ def test_no_last_number_fallback_without_a_box(grader):
     ("Final Answer: The final answer is $17$. I hope it is correct.", "17"),
     (r"The answer is 3\sqrt{2}.", r"3\sqrt{2}"),
     ("First the answer is 5, we think. Checking again, the answer is 6.", "6"),  # the rightmost statement
+    ("So the final answer = 17", "17"),
+    ("Answer = 17", "17"),
+    ("Our answer is 17.", "17"),
+    ("My answer is: $$17$$", "17"),
+    (r"The answer is \(17\).", "17"),
+    (r"The final answer is \[17\]", "17"),
+    ("The answer is x = 5.", "x = 5"),
+    ("The answer is $100.", "100"),  # a price: "$" without its closing "$" is not LaTeX
+    (r"The answer is 5. \boxed{5", "5"),  # the last box never closed (truncated): the fallback decides
 ])
 def test_anchored_fallback_accepts_answer_statements(grader, text, gold):
     v = verdict(grader, text, gold)
     assert v.correct and v.extracted == gold.replace(r"\frac12", r"\frac{1}{2}").replace(r"\frac{3}{4}", "3/4")
+    assert Grader(workers=0, fallback="none").grade([(text, gold)])[0].extracted is None
 
 
 @pytest.mark.parametrize("text", [
