@@ -424,3 +424,45 @@ def test_settings_and_is_correct():
     assert is_correct(r"so \boxed{\frac{1}{2}}", "0.5") and not is_correct(r"\boxed{2}", "0.5")
     with pytest.raises(ValueError, match="fallback"):
         Grader(fallback="last")
+
+
+# --- through evaluate: the problem's meta reaches the grader, maj@k uses its clusters -----------------
+
+class _ScriptedGenerator:
+    """Stands for an engine: each problem's completions are scripted by the problem text."""
+
+    tokenizer = None
+
+    def __init__(self, script: dict[str, list[str]]):
+        self.script = script
+
+    def generate(self, prompts, sampling, seeds=None):
+        from harness.generation import Completion
+
+        return [[Completion(text, [1] * 3, "stop", 5) for text in next(v for k, v in self.script.items() if k in p)]
+                for p in prompts]
+
+    def close(self) -> None:
+        pass
+
+
+def test_evaluate_grades_with_meta_and_votes_with_the_graders_clusters(tmp_path, pool):
+    from benchmarks import Problem
+    from harness.evaluate import evaluate
+    from harness.protocol import EvalProtocol
+    from harness.store import Sample, get_or_create_run, open_db, session_scope
+
+    problems = [Problem("multi", "Find all x. MULTI", r"\{1,2\}", {"is_multiple_answer": True}),
+                Problem("votes", "Compute it. VOTES", "7", {})]
+    script = {"MULTI": [r"So \boxed{1} and \boxed{2}."] * 5,
+              "VOTES": [rf"\boxed{{{a}}}" for a in ["0.5", "7", r"\frac{1}{2}", "7", "1/2"]]}
+    db = open_db(str(tmp_path / "r.db"))
+    run = get_or_create_run(db, method="base", model="stub", preset="custom", seed=0, config={})[0]
+    protocol = EvalProtocol(n_default=5, pass_k=(1, 5))
+    out = evaluate(db, run.id, "olympiadbench", problems, protocol, _ScriptedGenerator(script), pool, progress=False)
+    with session_scope(db) as s:
+        rows = {(r.problem_id, r.sample_index): (r.extracted, r.correct) for r in s.query(Sample)}
+    assert all(rows[("multi", j)] == ("1, 2", True) for j in range(5))  # meta: both boxes are the answer
+    assert [rows[("votes", j)][1] for j in range(5)] == [False, True, False, True, False]
+    # three wrong spellings of 1/2 outvote two 7s under the grader's equivalence (string keys: 7 wins)
+    assert out["metrics"]["maj@5"] == 0.5 and out["metrics"]["avg@n"] == pytest.approx((1 + 0.4) / 2)
