@@ -1,8 +1,8 @@
 r"""Grading: does a completion's final answer equal the gold answer? Built on math-verify.
 
 The policy below is versioned: GRADER_POLICY_VERSION changes whenever a verdict can change, and it is
-part of every evaluation's identity (through `Grader.settings()`). Each numbered rule has a test in
-tests/test_grading.py (named after it), and the properties in tests/test_properties.py.
+part of every evaluation's identity (through `Grader.settings()`). Every rule below has its tests in
+tests/test_grading.py (the extraction rules by number), and its properties in tests/test_properties.py.
 
 Extraction (what "the answer" of a completion is)
 -------------------------------------------------
@@ -29,7 +29,8 @@ Extraction (what "the answer" of a completion is)
      - "the (our, my) answer is X", "the answer to <= 60 chars> is X".
    X is what opens the text right after the statement: a LaTeX span ($...$, $$...$$, \(...\), \[...\],
    its content), or a plain answer starting like math (a digit, sign, backslash or bracket, or
-   "x = ...") up to the next newline, sentence end, ", " or word ("The answer is 17 apples" gives 17).
+   "x = ...") up to the next newline, punctuation followed by a space (". ", ", ", "; ", "! ", "? ") or
+   word ("The answer is 17 apples" gives 17).
    So "To answer this we first try n = 17", "the answer is not 17", "Before the final answer, note
    n = 17" have no answer. It never takes a bare number from the text: math-verify's default "last
    number" fallback credits a rambling completion that happens to end in the right integer, which
@@ -206,16 +207,19 @@ _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")  # "\boxed {5}" is a box too (LaTeX 
 
 def find_boxes(text: str) -> list[tuple[int, int, str | None]]:
     """(start, end, content) of every top-level `\\boxed{}`/`\\fbox{}` in text order, braces balanced;
-    content is None for a box never closed (end = len(text)). A box inside a box is part of it."""
+    content is None for a box never closed (end = len(text)); the boxes after it are still found (one
+    stray brace must not hide the final answer). A box inside a box is part of it."""
     boxes: list[tuple[int, int, str | None]] = []
+    covered = 0  # end of the last closed box: a box starting before it is nested in it
     for m in _BOX.finditer(text):
-        if boxes and m.start() < boxes[-1][1]:
-            continue  # nested in the previous box
+        if m.start() < covered:
+            continue
         depth, end, content = 1, len(text), None
         for j in range(m.end(), len(text)):
             depth += {"{": 1, "}": -1}.get(text[j], 0)
             if depth == 0:
                 end, content = j + 1, text[m.end():j]
+                covered = end
                 break
         boxes.append((m.start(), end, content))
     return boxes

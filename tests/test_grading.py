@@ -88,6 +88,9 @@ def test_box_with_space_before_brace_and_fbox(grader):
     assert verdict(grader, r"so \fbox{12}", "12").extracted == "12"
     assert verdict(grader, r"\boxed{\boxed{7}}", "7").extracted == "7"  # a box that is one box
     assert find_boxes(r"a \boxed{x^{2}} b \boxed {3") == [(2, 15, "x^{2}"), (18, 27, None)]
+    # a stray unclosed box earlier does not hide the final one
+    assert find_boxes(r"\boxed{x \in \{1, so \boxed{4}")[-1] == (21, 30, "4")
+    assert verdict(grader, r"\boxed{x \in \{1, so \boxed{4}", "4").correct
 
 
 @pytest.mark.parametrize("text,parts", [
