@@ -24,7 +24,8 @@ Extraction (what "the answer" of a completion is)
    default merges `\boxed{1}, \boxed{2}` into {1, 2}; we read it as 2 (one answer, one box).
 4. Fallback, only when there is no box (or the last box is never closed, e.g. a truncated generation):
    `fallback="anchored"` (the default) accepts final-answer statements only, the rightmost one winning:
-     - "final answer is X", "final answer: X", "final answer = X", "Final answer: <= 80 chars> is X";
+     - "final answer is X", "final answer: X", "final answer = X", "Final answer: <= 80 chars> is X",
+       "final answer is <= 60 chars>: X";
      - "Answer: X" / "**Answer:** X" / "Answer = X" at the start of a line;
      - "the (our, my) answer is X", "the answer to <= 60 chars> is X".
    X is what opens the text right after the statement: a LaTeX span ($...$, $$...$$, \(...\), \[...\],
@@ -270,6 +271,7 @@ def final_statement_boxes(text: str) -> list[str]:
 _ANCHORS = [
     re.compile(r"final\s+answer\s*(?:\(s\))?\s*(?:is\s*:?|:|=)", re.I),  # "The final answer is", "Final answer:"
     re.compile(r"final\s+answer\s*:[^\n.]{0,80}?\b(?:is|=)", re.I),  # "Final answer: the value is 12"
+    re.compile(r"final\s+answer\s+is\b[^\n.:]{0,60}:", re.I),  # "the final answer is the larger of the two: X"
     re.compile(r"(?:^|\n)[ \t*#>-]*answer\s*(?:\*\*)?\s*[:=]", re.I),  # "Answer: 17", "**Answer:** 17" (line start)
     re.compile(r"\b(?:the|our|my)\s+answer(?:\s+to\s+[^\n.$]{1,60}?)?\s+(?:is|=)\s*:?", re.I),  # "the answer is 17"
 ]

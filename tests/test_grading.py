@@ -209,6 +209,8 @@ def test_no_last_number_fallback_without_a_box(grader):
     (r"The answer is 3\sqrt{2}.", r"3\sqrt{2}"),
     ("First the answer is 5, we think. Checking again, the answer is 6.", "6"),  # the rightmost statement
     ("So the final answer = 17", "17"),
+    # MATH500 test/algebra/567's solution without its box (policy 1 took "x={1}" too)
+    ("the final answer is the larger of the two: $x={1}$.", "x={1}"),
     ("Answer = 17", "17"),
     ("Our answer is 17.", "17"),
     ("My answer is: $$17$$", "17"),
@@ -233,6 +235,8 @@ def test_anchored_fallback_accepts_answer_statements(grader, text, gold):
     "Our answer must be larger than 17",
     "the answer is not 17",
     "Answering requires n = 17 steps",
+    # MATH500 test/algebra/972's solution without its box: policy 1 graded this check as the answer
+    r"Plugging this value of $x$ back into the original equation to check our answer, we get that $17$",
 ])
 def test_anchored_fallback_rejects_decoys(grader, text):
     # each decoy has "answer" within 50 characters of 17: math-verify's anchored patterns accept them
