@@ -91,6 +91,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from importlib.metadata import version
 from typing import Any, Iterator, Literal, Mapping, Sequence, Union
@@ -358,9 +359,16 @@ def _within(gold, pred, tolerance: float) -> bool:
     return abs(float(gold) - float(pred)) <= tolerance * 1.01
 
 
+_PLAIN_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
+
+
 def answers_equivalent(a: str, b: str) -> bool:
     """The grader's equivalence of two extracted answers (for voting): either one, taken as the gold,
-    accepts the other."""
+    accepts the other. Two plain decimal numbers are compared by value without math-verify (AIME's
+    1,000 integer answers per problem would otherwise cost a million math-verify calls)."""
+    na, nb = normalize_answer(a), normalize_answer(b)
+    if _PLAIN_NUMBER.fullmatch(na) and _PLAIN_NUMBER.fullmatch(nb):
+        return Decimal(na) == Decimal(nb)
     return _matches(a, b) or _matches(b, a)
 
 

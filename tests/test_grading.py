@@ -325,6 +325,16 @@ def test_vote_labels_cluster_by_the_graders_equivalence(grader, pool):
     assert answers_equivalent("x=2", "2") and answers_equivalent("2", "x=2") and not answers_equivalent("2", "3")
 
 
+def test_plain_numbers_are_compared_by_value_without_math_verify(monkeypatch):
+    import harness.grading as grading
+
+    monkeypatch.setattr(grading, "_matches", lambda *a: pytest.fail("math-verify called for plain numbers"))
+    assert answers_equivalent("12", "12.0") and answers_equivalent("-0.5", "-.50") and answers_equivalent("7.", "7")
+    assert not answers_equivalent("12", "13") and not answers_equivalent("0.5", "-0.5")
+    labels = Grader(workers=0).vote_labels([([str(i % 40) for i in range(400)], [False] * 400)])
+    assert labels == [[i % 40 for i in range(400)]]
+
+
 def test_vote_labels_time_limit_means_not_equivalent():
     g = Grader(workers=0, timeout_s=0.5)
     g.vote_labels([(["1", "2"], [False, False])])  # imports outside the clock
