@@ -176,7 +176,7 @@ def evaluate_many(factory: sessionmaker[Session], run_id: int, problem_sets: dic
         gen = generator if hasattr(generator, "generate") else generator()
         _run_batches(factory, jobs, template, protocol, gen, grader, batch_size, progress, timing)
     for job in jobs:
-        metrics = _summarize(factory, job.eval_id, protocol, job.sampling.n)
+        metrics = _summarize(factory, job.eval_id, protocol, job.sampling.n, grader)
         metrics["timing"] = {k: round(v, 4) for k, v in timing.items()} | {"benchmarks_in_call": len(jobs)}
         with session_scope(factory) as s:
             ev = s.get(Evaluation, job.eval_id)
@@ -279,7 +279,9 @@ def _grade_and_store(factory, batch, prompts, completions, grader, timing, lock,
         have = job.stored.get(p.id, set())
         rows += [(job, p, prompt, j, c) for j, c in enumerate(outs) if j not in have]
     graded = [i for i, r in enumerate(rows) if r[4].finish_reason != TOO_LONG]
-    verdicts = dict(zip(graded, _grade(grader, [(scored(rows[i][4].text), rows[i][1].answer) for i in graded])))
+    # the problem's meta goes along: multi-part answers, OlympiadBench's tolerance (harness.grading)
+    verdicts = dict(zip(graded, _grade(grader, [(scored(rows[i][4].text), rows[i][1].answer, rows[i][1].meta)
+                                                for i in graded])))
     samples = []
     for i, (job, p, prompt, j, c) in enumerate(rows):
         v = verdicts.get(i)
@@ -315,24 +317,27 @@ def store_samples(factory: sessionmaker[Session], samples: list[Sample]) -> None
 def _grade(grader, pairs):
     if not pairs:
         return []
+    if not getattr(grader, "takes_meta", False):  # a duck-typed grader gets (completion, gold) pairs
+        pairs = [p[:2] for p in pairs]
     if hasattr(grader, "grade_async"):
         return grader.grade_async(pairs).result()
     return grader.grade(pairs)
 
 
-def _summarize(factory, eval_id: int, protocol: EvalProtocol, n: int) -> dict[str, Any]:
+def _summarize(factory, eval_id: int, protocol: EvalProtocol, n: int, grader=None) -> dict[str, Any]:
     with session_scope(factory) as s:
         rows = s.execute(select(Sample.problem_id, Sample.sample_index, Sample.correct, Sample.extracted,
                                 Sample.completion_tokens, Sample.finish_reason)
                          .where(Sample.evaluation_id == eval_id).order_by(Sample.problem_id, Sample.sample_index)).all()
-    return summarize_rows([r._asdict() for r in rows], ks=tuple(k for k in protocol.pass_k if k <= n))
+    return summarize_rows([r._asdict() for r in rows], ks=tuple(k for k in protocol.pass_k if k <= n),
+                          vote_labels_of=getattr(grader, "vote_labels", None))  # maj@k: the grader's equivalence
 
 
-def summarize_rows(rows: list[dict[str, Any]], ks: tuple[int, ...]) -> dict[str, Any]:
+def summarize_rows(rows: list[dict[str, Any]], ks: tuple[int, ...], vote_labels_of=None) -> dict[str, Any]:
     """metrics.summarize, plus the prompts the context could not hold: counted, and part of the truncation rate."""
     from .metrics import summarize
 
-    out = summarize(rows, ks=ks)
+    out = summarize(rows, ks=ks, vote_labels_of=vote_labels_of)
     reasons = [r["finish_reason"] for r in rows]
     out["truncated"] = sum(r == "length" for r in reasons)
     out["prompt_too_long"] = sum(r == TOO_LONG for r in reasons)

@@ -6,10 +6,15 @@ Notation: a benchmark has P problems, each sampled n times; c of a problem's n s
 - pass@k   = mean over problems of 1 - C(n-c, k) / C(n, k), the unbiased estimator of Chen et al.
              2021 ("Evaluating Large Language Models Trained on Code", eq. 1), k <= n, computed as
              1 - prod_{i=n-c+1}^{n} (1 - k/i) to avoid huge binomials.
-- maj@k    = mean over problems of [the majority answer of samples 0..k-1 is correct]; answers are
-             keyed by `answer_key` (a light string normalization), samples without an answer do not
-             vote, ties go to the answer seen first, and the vote is correct when that answer's
-             first sample was graded correct (samples with one key agree but for corner cases).
+- maj@k    = mean over problems of [the majority cluster of samples 0..k-1 is correct]. Votes go to
+             clusters of equivalent answers (`vote_labels`): every sample graded correct is in one
+             cluster (each equals the gold under the grader); an incorrect answer joins the cluster of
+             the first earlier incorrect answer it is equivalent to, else opens a new one. Equivalence
+             is the grader's own (`Grader.vote_labels`, in its worker processes, under its time limit)
+             or, without a grader, equal `answer_key`s (a light string normalization). A correct and an
+             incorrect answer never share a cluster, so the winner's verdict is unambiguous. Samples
+             without an answer do not vote; ties go to the cluster whose first sample comes first.
+             Labels of samples 0..k-1 depend on those samples only, so maj@k of a prefix is exact.
 - ci95     = percentile bootstrap over problems of the per-problem c/n (resampling problems, not
              samples: problems are the unit the benchmark samples from).
 - paired_test(a, b): per-problem paired scores of two models on the same problems; two-sided
@@ -30,7 +35,7 @@ import itertools
 import math
 import re
 from collections import defaultdict
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -62,22 +67,59 @@ def answer_key(answer: str | None) -> str | None:
     return s or None
 
 
-def maj_at_k(answers: Sequence[str | None], golds_ok: Sequence[bool], k: int) -> float:
-    """1.0 if the majority answer among the first k samples of one problem is correct, else 0.0."""
+def vote_labels(answers: Sequence[str | None], golds_ok: Sequence[bool],
+                same: Callable[[str, str], bool] | None = None) -> list[int | None]:
+    """A cluster label per sample for voting (see the module docstring); None: no answer, no vote.
+
+    `same(a, b)`: are two incorrect answers equivalent (default: equal `answer_key`s). Labels are
+    numbered in order of first appearance; every correct sample gets the label of the first one."""
+    if len(answers) != len(golds_ok):
+        raise ValueError(f"vote_labels needs one verdict per answer, got {len(answers)} answers, "
+                         f"{len(golds_ok)} verdicts")
+    labels: list[int | None] = []
+    correct_label: int | None = None
+    leaders: list[tuple[int, str]] = []  # (label, answer) of each incorrect cluster's first sample
+    n_labels = 0
+    for answer, ok in zip(answers, golds_ok):
+        key = answer_key(answer)
+        if key is None:
+            labels.append(None)
+            continue
+        if ok:
+            if correct_label is None:
+                correct_label, n_labels = n_labels, n_labels + 1
+            labels.append(correct_label)
+            continue
+        match = next((lab for lab, lead in leaders
+                      if answer_key(lead) == key or (same is not None and same(lead, answer))), None)
+        if match is None:
+            match, n_labels = n_labels, n_labels + 1
+            leaders.append((match, answer))  # type: ignore[arg-type]
+        labels.append(match)
+    return labels
+
+
+def maj_at_k(answers: Sequence[str | None], golds_ok: Sequence[bool], k: int,
+             labels: Sequence[int | None] | None = None) -> float:
+    """1.0 if the majority cluster among the first k samples of one problem is correct, else 0.0.
+
+    labels: the samples' clusters (`vote_labels`, or a grader's); default: `vote_labels(answers, golds_ok)`."""
     if not 1 <= k <= len(answers) or len(answers) != len(golds_ok):
         raise ValueError(f"maj_at_k needs 1 <= k <= len(answers) == len(golds_ok), got k={k}, "
                          f"{len(answers)} answers, {len(golds_ok)} verdicts")
-    counts: dict[str, int] = {}
-    first_ok: dict[str, bool] = {}
-    for answer, ok in zip(answers[:k], golds_ok[:k]):
-        key = answer_key(answer)
-        if key is None:
+    labels = list(labels) if labels is not None else vote_labels(answers, golds_ok)
+    if len(labels) != len(answers):
+        raise ValueError(f"maj_at_k needs one label per answer, got {len(labels)} labels, {len(answers)} answers")
+    counts: dict[int, int] = {}
+    first_ok: dict[int, bool] = {}
+    for label, ok in zip(labels[:k], golds_ok[:k]):
+        if label is None:
             continue
-        counts[key] = counts.get(key, 0) + 1
-        first_ok.setdefault(key, bool(ok))
+        counts[label] = counts.get(label, 0) + 1
+        first_ok.setdefault(label, bool(ok))
     if not counts:
         return 0.0
-    winner = max(counts, key=counts.get)  # max keeps the first of equal counts: insertion order
+    winner = max(counts, key=counts.get)  # max keeps the first of equal counts: first-appearance order
     return float(first_ok[winner])
 
 
@@ -157,7 +199,8 @@ def group_samples(samples: Iterable[Any]) -> dict[str, list[Any]]:
         rows.sort(key=lambda r: _get(r, "sample_index"))
         indices = [_get(r, "sample_index") for r in rows]
         if indices != list(range(len(rows))):
-            raise ValueError(f"problem {pid!r}: sample_index must be 0..n-1 without gaps or repeats, got {indices[:10]}")
+            raise ValueError(f"problem {pid!r}: sample_index must be 0..n-1 without gaps or repeats, "
+                             f"got {indices[:10]}")
         if n is not None and len(rows) != n:
             raise ValueError(f"problem {pid!r} has {len(rows)} samples, others have {n}")
         n = len(rows)
@@ -175,11 +218,17 @@ def default_ks(n: int) -> list[int]:
     return sorted({2**i for i in range(int(math.log2(n)) + 1)} | {n})
 
 
+VoteClusterer = Callable[[Sequence[tuple[Sequence[str | None], Sequence[bool]]]], list[list[int | None]]]
+
+
 def summarize(samples: Iterable[Any], ks: Sequence[int] | None = None, n_boot: int = 1000,
-              seed: int = 0) -> dict[str, Any]:
+              seed: int = 0, vote_labels_of: VoteClusterer | None = None) -> dict[str, Any]:
     """Metrics of one evaluation from its sample rows (problem_id, sample_index, correct, extracted,
     finish_reason, completion_tokens). Keys are stable (tables read them): n_problems, n, avg@n,
-    ci95 [lo, hi], pass@{k} and maj@{k} for every k in ks with k <= n, truncation_rate, mean_tokens."""
+    ci95 [lo, hi], pass@{k} and maj@{k} for every k in ks with k <= n, truncation_rate, mean_tokens.
+
+    vote_labels_of: [(answers, verdicts)] per problem -> cluster labels per problem (a grader's
+    `vote_labels`, its equivalence); default: `vote_labels` by answer key."""
     groups = group_samples(samples)
     n = len(next(iter(groups.values())))
     ks = [k for k in (ks or default_ks(n)) if 1 <= k <= n]
@@ -194,9 +243,11 @@ def summarize(samples: Iterable[Any], ks: Sequence[int] | None = None, n_boot: i
     }
     for k in ks:
         out[f"pass@{k}"] = float(np.mean([pass_at_k(n, sum(c), k) for c in correct.values()]))
+    answers = {pid: [_get(r, "extracted") for r in groups[pid]] for pid in correct}
+    inputs = [(answers[pid], c) for pid, c in correct.items()]
+    labels = vote_labels_of(inputs) if vote_labels_of is not None else [vote_labels(a, c) for a, c in inputs]
     for k in ks:
-        out[f"maj@{k}"] = float(np.mean([maj_at_k([_get(r, "extracted") for r in groups[pid]], c, k)
-                                         for pid, c in correct.items()]))
+        out[f"maj@{k}"] = float(np.mean([maj_at_k(a, c, k, lab) for (a, c), lab in zip(inputs, labels)]))
     out["truncation_rate"] = truncation_rate([_get(r, "finish_reason") for r in rows])
     out["mean_tokens"] = mean_completion_length([_get(r, "completion_tokens") for r in rows])
     return out

@@ -78,7 +78,8 @@ def regrade(factory: sessionmaker[Session], evaluation_id: int, grader) -> dict[
     store_samples(factory, samples)
     metrics = summarize_rows([{"problem_id": x.problem_id, "sample_index": x.sample_index, "correct": x.correct,
                                "extracted": x.extracted, "completion_tokens": x.completion_tokens,
-                               "finish_reason": x.finish_reason} for x in samples], ks=ks)
+                               "finish_reason": x.finish_reason} for x in samples], ks=ks,
+                           vote_labels_of=getattr(grader, "vote_labels", None))
     metrics["regrade"] = {"from": evaluation_id, "changed": changed, "samples": len(samples),
                           "wall_s": round(time.perf_counter() - t0, 4)}
     with session_scope(factory) as s:

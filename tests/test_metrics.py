@@ -21,6 +21,7 @@ from harness.metrics import (
     per_problem_scores,
     summarize,
     truncation_rate,
+    vote_labels,
 )
 
 
@@ -60,6 +61,7 @@ def test_avg_at_n_averages_every_sample_of_every_problem():
 def test_maj_at_k_votes_ties_and_missing_answers():
     answers = ["7", r"\dfrac{1}{2}", "\\frac{1}{2}", "7", None, "7"]
     ok = [False, True, True, False, False, False]
+    assert vote_labels(answers, ok) == [0, 1, 1, 0, None, 0]
     assert maj_at_k(answers, ok, 1) == 0.0  # "7"
     assert maj_at_k(answers, ok, 2) == 0.0  # tie 7 vs 1/2: first seen (7) wins
     assert maj_at_k(answers, ok, 3) == 1.0  # \dfrac and \frac are one key: 2 votes to 1
@@ -130,7 +132,8 @@ def _rows(table):
 def test_summarize_hand_made_evaluation():
     rows = _rows({
         "p1": [(True, "5", "stop", 10), (False, "4", "stop", 20), (True, "5", "stop", 30), (False, "4", "length", 40)],
-        "p2": [(False, "1", "stop", 10), (False, None, "length", 50), (False, "2", "stop", 10), (False, "2", "stop", 10)],
+        "p2": [(False, "1", "stop", 10), (False, None, "length", 50), (False, "2", "stop", 10),
+               (False, "2", "stop", 10)],
         "p3": [(True, "9", "stop", 5), (True, "9", "stop", 5), (True, "9", "stop", 5), (True, "9", "stop", 5)],
     })
     s = summarize(rows[::-1], ks=[1, 2, 4, 8])  # row order must not matter; k=8 > n is dropped
@@ -155,3 +158,49 @@ def test_summarize_rejects_uneven_or_gappy_samples():
     rows[1]["sample_index"] = 5
     with pytest.raises(ValueError, match="'p1'.*sample_index"):
         summarize(rows)
+
+
+def test_maj_at_k_three_equivalent_correct_answers_beat_two_identical_wrong_ones():
+    # the case: by string, "1/2" (1 vote) ... lose to "7" (2 votes); all three equal the gold
+    answers = ["7", r"\frac{1}{2}", "7", "0.5", "1/2"]
+    ok = [False, True, False, True, True]
+    assert vote_labels(answers, ok) == [0, 1, 0, 1, 1]
+    assert maj_at_k(answers, ok, 5) == 1.0
+    assert [maj_at_k(answers, ok, k) for k in (1, 2, 3, 4)] == [0.0, 0.0, 0.0, 0.0]  # 1:0, tie 1:1, 2:1, 2:2
+    # the old string keys: 7 has 2 votes, every other key 1: wrong (planted: labels by answer_key alone)
+    by_key = [{"7": 0, r"\frac{1}{2}": 1, "0.5": 2, "1/2": 3}[a] for a in answers]
+    assert maj_at_k(answers, ok, 5, by_key) == 0.0
+
+
+def test_maj_at_k_tie_goes_to_the_cluster_seen_first():
+    assert maj_at_k(["3", "4"], [True, False], 2) == 1.0 and maj_at_k(["4", "3"], [False, True], 2) == 0.0
+    # 2:2 between the correct cluster (first at index 1) and a wrong one (first at index 0): the wrong one
+    assert maj_at_k(["9", "1", "9.0", "1.0"], [False, True, False, True], 4, [0, 1, 0, 1]) == 0.0
+
+
+def test_vote_labels_with_an_equivalence_merges_wrong_answers():
+    # two wrong answers written differently are one cluster under the grader's equivalence
+    answers, ok = ["0.5", "7", r"\frac12", "7"], [False, True, False, True]
+    same = lambda a, b: {a, b} == {"0.5", r"\frac12"}  # noqa: E731
+    assert vote_labels(answers, ok) == [0, 1, 2, 1]
+    assert vote_labels(answers, ok, same) == [0, 1, 0, 1]
+    assert maj_at_k(answers + ["0.5"], ok + [False], 5, vote_labels(answers + ["0.5"], ok + [False], same)) == 0.0
+    assert maj_at_k(answers + ["0.5"], ok + [False], 5) == 0.0  # 0.5 has 2 votes, 7 has 2: 0.5 first
+    with pytest.raises(ValueError, match="one verdict per answer"):
+        vote_labels(["1"], [True, False])
+    with pytest.raises(ValueError, match="one label per answer"):
+        maj_at_k(["1", "2"], [True, False], 1, [0])
+
+
+def test_summarize_uses_the_clusterer_it_is_given():
+    answers = ["0.5", "7", "7.0", r"\frac12", "1/2"]
+    rows = _rows({"p1": [(a == "7" or a == "7.0", a, "stop", 1) for a in answers]})
+    assert summarize(rows, ks=[5])["maj@5"] == 1.0  # keys: the correct cluster has 2 votes, each wrong key 1
+    seen = []
+
+    def clusterer(problems):  # stands for Grader.vote_labels: the three wrong answers are one value
+        seen.append(problems)
+        return [[0, 1, 1, 0, 0]]
+
+    assert summarize(rows, ks=[5], vote_labels_of=clusterer)["maj@5"] == 0.0
+    assert seen == [[(answers, [False, True, True, False, False])]]
