@@ -121,7 +121,7 @@ AIME25 = register(BenchmarkSpec(
 ))
 AMC23 = register(BenchmarkSpec(
     name="amc23", local_file="amc23.jsonl", hub_id="math-ai/amc23", size=40,
-    columns={"id": INT, "question": STR, "answer": (float, int, str), "url": STR},
+    columns={"id": (int, str), "question": STR, "answer": (float, int, str), "url": STR},  # the url names it
     normalize=_amc23, description="AMC 2023 12A+12B, numeric answers (40)",
 ))
 OLYMPIADBENCH = register(BenchmarkSpec(

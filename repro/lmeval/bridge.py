@@ -156,7 +156,7 @@ def score_evaluation(factory, evaluation_id: int, benchmark: str, problems, antl
     by_id = {p.id: p for p in problems}
     with session_scope(factory) as s:
         samples = [(x.problem_id, x.sample_index, x.completion, x.extracted, bool(x.correct)) for x in s.scalars(
-            select(Sample).where(Sample.evaluation_id == evaluation_id).order_by(Sample.id))]
+            select(Sample).where(Sample.evaluation_id == evaluation_id).order_by(Sample.id)) if x.problem_id in by_id]
     items = [{"completion": c, "gold": by_id[pid].answer, "solution": lm_eval_solution(benchmark, by_id[pid]),
               "ours_extracted": ext} for pid, _, c, ext, _ in samples]
     theirs = lm_eval_verdicts(items, antlr)
