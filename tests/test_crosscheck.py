@@ -190,3 +190,20 @@ def test_cli_from_jsonl_prints_and_writes_the_report(data_dir, tmp_path):
     assert "qwen_score aime2024-I-03#0 ours-wrong/theirs-correct (extraction)" in result.output
     bad = CliRunner().invoke(module.app, ["crosscheck", "aime24", "--data-dir", str(data_dir)])
     assert bad.exit_code == 1 and "give exactly one of --model" in bad.output
+
+
+def test_reference_solutions_as_completions():
+    from benchmarks import Problem
+    from harness.grading import Grader
+    from repro.lmeval.bridge import reference_crosscheck
+
+    problems = [Problem("a", "q1", "\\frac{3}{4}", {"solution": "So it is $\\boxed{0.75}$."}),
+                Problem("b", "q2", "5", {"solution": ["First part.", "Thus \\boxed{5}."]}),  # OlympiadBench: a list
+                Problem("c", "q3", "1", {})]  # no solution: not scored
+    with Grader(workers=0) as grader:
+        report = reference_crosscheck("olympiadbench", problems, grader, antlr="/nonexistent")
+    assert report["n"] == 2 and report["harness_accuracy"] == 1.0
+    assert report["scorers"]["aime_exact_match"] == {"accuracy": 0.5, "agreement": 0.5}
+    assert [(d["problem_id"], d["category"]) for d in report["disagreements"]] == [("a", "formatting")]
+    with Grader(workers=0) as grader, pytest.raises(ValueError, match="aime25: its problems carry no reference"):
+        reference_crosscheck("aime25", problems[2:], grader)

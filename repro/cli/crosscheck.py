@@ -2,13 +2,15 @@
 
     python reproduce.py crosscheck math500,aime24 --model ./my-model --limit 10   # generate, score both ways
     python reproduce.py crosscheck math500 --from-jsonl qwen_out.jsonl            # Qwen2.5-Math outputs
+    python reproduce.py crosscheck math500 --reference --limit 500                # the reference solutions
 
 With --model, each benchmark's first --limit problems are generated greedily into a stored
 evaluation, and the same completions are scored by lm-eval's minerva_math (exact_match, math_verify)
 and aime (exact_match) scorers in a process with antlr4 4.11 (repro/lmeval/lm_eval_worker.py). With
 --from-jsonl, the completions (`code`) of a Qwen2.5-Math `math_eval.py` output file are graded by our
-grader and compared with its `score`. Both print per-sample agreement and every disagreement by
-direction and category (repro/lmeval/scorers.py); --json writes the whole report.
+grader and compared with its `score`. With --reference, each problem's own reference solution is
+the completion (a scorer check on known-correct text, no model). All print per-sample agreement and
+every disagreement by direction and category (repro/lmeval/scorers.py); --json writes the whole report.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def crosscheck(
     benchmarks: str = typer.Argument(..., help="comma-separated: math500, aime24, aime25, amc23, olympiadbench"),
     model: Optional[str] = typer.Option(None, "--model", help="local model directory or hub id (generate)"),
     from_jsonl: Optional[Path] = typer.Option(None, "--from-jsonl", help="Qwen2.5-Math output file to re-score"),
+    reference: bool = typer.Option(False, "--reference", help="score each problem's own reference solution (no model)"),
     limit: int = typer.Option(10, "--limit", min=1),
     template: str = typer.Option("qwen-boxed", "--template"),
     max_tokens: int = typer.Option(1024, "--max-tokens", min=1),
@@ -48,9 +51,12 @@ def crosscheck(
     names = check_benchmarks(benchmarks)
     if unknown := [b for b in names if b not in TASKS]:
         fail(f"crosscheck supports {', '.join(TASKS)}; got {', '.join(unknown)}")
-    if (model is None) == (from_jsonl is None):
-        fail("give exactly one of --model (generate and score) or --from-jsonl FILE (re-score a peer's outputs)")
-    if from_jsonl is not None:
+    if (model is not None) + (from_jsonl is not None) + reference != 1:
+        fail("give exactly one of --model (generate and score), --from-jsonl FILE (re-score a peer's outputs) "
+             "or --reference (score the reference solutions)")
+    if reference:
+        reports = [_reference(b, data_dir, limit, antlr) for b in names]
+    elif from_jsonl is not None:
         if len(names) != 1:
             fail(f"--from-jsonl scores one benchmark's file; got {len(names)} benchmarks")
         reports = [_from_jsonl(from_jsonl, names[0], data_dir)]
@@ -73,6 +79,18 @@ def _from_jsonl(path: Path, benchmark: str, data_dir: str | None) -> dict[str, A
 
     with Grader() as grader:
         return score_qwen_jsonl(path, benchmark, load_benchmark(benchmark, data_dir), grader)
+
+
+def _reference(benchmark: str, data_dir: str | None, limit: int, antlr: str | None) -> dict[str, Any]:
+    from benchmarks import load_benchmark
+    from harness.grading import Grader
+    from repro.lmeval.bridge import reference_crosscheck
+
+    with Grader() as grader:
+        try:
+            return reference_crosscheck(benchmark, load_benchmark(benchmark, data_dir, limit), grader, antlr)
+        except ValueError as e:
+            fail(str(e))
 
 
 def _generate(names: list[str], model: str, **kw: Any) -> list[dict[str, Any]]:

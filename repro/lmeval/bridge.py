@@ -147,25 +147,48 @@ def lm_eval_solution(benchmark: str, problem) -> str:
 
 
 def score_evaluation(factory, evaluation_id: int, benchmark: str, problems, antlr: str | None = None) -> dict[str, Any]:
-    """The stored samples of one evaluation, scored again by lm-eval's own scorers; compared with ours."""
+    """The stored samples of one evaluation, scored again by lm-eval's own scorers; compared with ours.
+    The report goes into the evaluation's metrics under "crosscheck"."""
     from sqlalchemy import select
 
     from harness.store import Evaluation, Sample, session_scope
+
+    wanted = {p.id for p in problems}
+    with session_scope(factory) as s:
+        samples = [(x.problem_id, x.sample_index, x.completion, x.extracted, bool(x.correct)) for x in s.scalars(
+            select(Sample).where(Sample.evaluation_id == evaluation_id).order_by(Sample.id)) if x.problem_id in wanted]
+    report = {"evaluation_id": evaluation_id, **compare_with_lm_eval(benchmark, problems, samples, antlr)}
+    with session_scope(factory) as s:
+        ev = s.get(Evaluation, evaluation_id)
+        ev.metrics = {**(ev.metrics or {}), "crosscheck": report}
+    return report
+
+
+def compare_with_lm_eval(benchmark: str, problems, samples, antlr: str | None = None) -> dict[str, Any]:
+    """samples: (problem id, sample index, completion, our extracted answer, our verdict) tuples."""
     from repro.lmeval.scorers import SCORERS, compare, lm_eval_verdicts
 
     by_id = {p.id: p for p in problems}
-    with session_scope(factory) as s:
-        samples = [(x.problem_id, x.sample_index, x.completion, x.extracted, bool(x.correct)) for x in s.scalars(
-            select(Sample).where(Sample.evaluation_id == evaluation_id).order_by(Sample.id)) if x.problem_id in by_id]
     items = [{"completion": c, "gold": by_id[pid].answer, "solution": lm_eval_solution(benchmark, by_id[pid]),
               "ours_extracted": ext} for pid, _, c, ext, _ in samples]
     theirs = lm_eval_verdicts(items, antlr)
     rows = [{"problem_id": pid, "sample_index": j, "gold": by_id[pid].answer, "ours": ok, "ours_extracted": ext,
              **t} for (pid, j, _, ext, ok), t in zip(samples, theirs["rows"])]
     scorers = {k: v for k, v in SCORERS.items() if not (theirs["minerva_error"] and k.startswith("minerva"))}
-    report = {"benchmark": benchmark, "evaluation_id": evaluation_id, "antlr": theirs["antlr"],
-              "minerva_error": theirs["minerva_error"], **compare(rows, scorers)}
-    with session_scope(factory) as s:
-        ev = s.get(Evaluation, evaluation_id)
-        ev.metrics = {**(ev.metrics or {}), "crosscheck": report}
-    return report
+    return {"benchmark": benchmark, "antlr": theirs["antlr"], "minerva_error": theirs["minerva_error"],
+            **compare(rows, scorers)}
+
+
+def reference_crosscheck(benchmark: str, problems, grader, antlr: str | None = None) -> dict[str, Any]:
+    """Each problem's own reference solution as the completion (MATH-500, AIME 2024, OlympiadBench have
+    one): a scorer check on known-correct, human-written text, no model involved."""
+    def solution(p) -> str | None:
+        sol = p.meta.get("solution")
+        return "\n\n".join(sol) if isinstance(sol, list) else sol
+
+    with_solution = [p for p in problems if solution(p)]
+    if not with_solution:
+        raise ValueError(f"{benchmark}: its problems carry no reference solution (meta['solution'])")
+    verdicts = grader.grade([(solution(p), p.answer) for p in with_solution])
+    samples = [(p.id, 0, solution(p), v.extracted, bool(v.correct)) for p, v in zip(with_solution, verdicts)]
+    return {"source": "reference solutions", **compare_with_lm_eval(benchmark, with_solution, samples, antlr)}
