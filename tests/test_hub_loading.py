@@ -106,6 +106,17 @@ def test_hub_rows_get_the_local_ids_answers_and_meta(data_dir, hub, name):
     kept = {"math500": "solution", "aime24": "solution", "aime25": "source_answer", "amc23": "url",
             "olympiadbench": "final_answer", "math_train": "solution"}[name]
     assert all(kept in q.meta for q in remote)  # mapped columns stay in meta (17.1: SFT needs the solution)
+    if name == "math_train":
+        _sft_reference_examples_work([by_id[p.id] for p in local[:40]], local[:40])
+
+
+def _sft_reference_examples_work(remote: list[Problem], local: list[Problem]) -> None:
+    """17.1: SFT data='reference' on hub-loaded MATH train raised "has no meta['solution']"."""
+    from methods.sft import SFT, SFTConfig
+
+    cfg = SFTConfig()
+    examples = SFT().reference_examples(remote, [p.problem for p in remote], cfg)
+    assert examples == [(p.id, p.problem, cfg.response_prefix + p.meta["solution"]) for p in local]
 
 
 def test_math_train_ids_are_content_hashes_from_either_source(data_dir):
@@ -119,19 +130,6 @@ def test_math_train_ids_are_content_hashes_from_either_source(data_dir):
     assert len({p.id for p in local}) == 7500
     hand = {p.meta["source_id"]: p.answer for p in local if "answer_note" in p.meta}
     assert hand == {"train/number_theory/7115.json": "0", "train/number_theory/7117.json": "0"}
-
-
-def test_sft_reference_data_from_the_hub_math_train(data_dir, hub):
-    """17.1: SFT data='reference' on hub-loaded MATH train raised "has no meta['solution']"."""
-    from methods.sft import SFT, SFTConfig
-
-    local = load_benchmark("math_train", data_dir)[:40]
-    hub("math_train", [hub_row("math_train", p) for p in load_benchmark("math_train", data_dir)])
-    remote = {p.id: p for p in load_benchmark("math_train")}
-    prompts = [remote[p.id] for p in local]
-    cfg = SFTConfig()
-    examples = SFT().reference_examples(prompts, [p.problem for p in prompts], cfg)
-    assert examples == [(p.id, p.problem, cfg.response_prefix + p.meta["solution"]) for p in local]
 
 
 def _rows(data_dir, name: str, n: int | None = None) -> list[dict]:

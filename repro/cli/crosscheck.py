@@ -123,4 +123,11 @@ def print_report(report: dict[str, Any]) -> None:
             console.print(f"  {name}: {key}: {count}", highlight=False, markup=False)
     for d in report["disagreements"]:
         console.print(f"  {d['scorer']} {d['problem_id']}#{d['sample_index']} {d['direction']} ({d['category']}): "
-                      f"gold {d['gold']!r}, ours {d['ours']!r}, theirs {d['theirs']!r}", highlight=False, markup=False)
+                      f"gold {d['gold']!r}, ours {_short(d['ours'])}, theirs {_short(d['theirs'])}", highlight=False,
+                      markup=False)
+
+
+def _short(answer: Any, width: int = 80) -> str:
+    """An extracted answer for the terminal: aime's extraction can be a whole `$...$` span (--json has it all)."""
+    text = repr(answer)
+    return text if len(text) <= width else text[:width - 5] + "...'"
