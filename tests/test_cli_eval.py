@@ -171,52 +171,6 @@ def test_subprocess_kill_and_resume(tiny_model_dir, data_dir, tmp_path):
     assert rows[:len(first)] == first
 
 
-class AnswerKey:
-    """A stand-in generator that answers every other problem correctly (boxed gold), the rest wrongly."""
-
-    tokenizer = None
-
-    def __init__(self, problems):
-        self.answers = {p.problem: (i, p.answer) for i, p in enumerate(problems)}
-        self.calls = 0
-
-    def generate(self, prompts, sampling, seeds=None, progress=False):
-        from harness.generation import Completion
-
-        self.calls += 1
-        out = []
-        for prompt in prompts:
-            i, gold = self.answers[prompt.removeprefix("Problem: ").removesuffix("\nSolution:")]
-            text = f" so the answer is \\boxed{{{gold}}}." if i % 2 == 0 else " so the answer is \\boxed{-12345}."
-            out.append([Completion(text, [1] * 5, "stop", 10)] * sampling.n)
-        return out
-
-    def close(self):
-        pass
-
-
-def test_crosscheck_lm_eval_agrees_with_the_harness(data_dir, tmp_path):
-    pytest.importorskip("lm_eval")
-    from benchmarks import load_benchmark
-    from harness.grading import Grader
-    from repro.lmeval.bridge import crosscheck
-
-    problems = load_benchmark("amc23", data_dir, 4)
-    gen = AnswerKey(problems)
-    with Grader(workers=1) as grader:
-        report = crosscheck("amc23", "stub-model", limit=4, template="tiny-boxed", max_tokens=32, data_dir=data_dir,
-                            db=tmp_path / "r.db", generator=gen, grader=grader)
-    assert gen.calls == 2  # once for the harness, once through lm-eval's generate_until
-    assert [r["problem_id"] for r in report["rows"]] == [p.id for p in problems]
-    assert report["same_prompt"] == report["same_completion"] == report["agreement"] == 1.0
-    assert [r["lm_eval_math_verify"] for r in report["rows"]] == [True, False, True, False]
-    assert report["lm_eval_accuracy"] == report["harness_accuracy"] == report["lm_eval_exact_match"] == 0.5
-    assert _count(tmp_path / "r.db", "SELECT COUNT(*) FROM samples WHERE correct") == 2
-    with sqlite3.connect(tmp_path / "r.db") as conn:
-        metrics = conn.execute("SELECT metrics FROM evaluations").fetchone()[0]
-    assert '"crosscheck"' in metrics and '"agreement": 1.0' in metrics
-
-
 def test_exported_lm_eval_tasks_load_offline(data_dir, monkeypatch):
     """`lm_eval --include_path repro/lmeval/tasks`, run from the data directory, sees our data and prompts."""
     pytest.importorskip("lm_eval")

