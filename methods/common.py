@@ -160,8 +160,13 @@ class Trainer:
         return float(norm)
 
     def named_weights(self):
-        """(name, parameter) in Hugging Face naming, tied weights once, for `Generator.update_weights`."""
-        return self.unwrapped.named_parameters()
+        """(name, tensor) for every checkpoint name, tied aliases included, for `Generator.update_weights`.
+
+        Not `named_parameters()`: it yields a tied head once, as the embedding, and vLLM then kept
+        its old head (issue 15.1; `harness.weightsync`)."""
+        from harness.weightsync import sync_tensors
+
+        return sync_tensors(self.unwrapped)
 
     def save_model(self, out_dir: str | Path) -> Path:
         """Hugging Face format (safetensors + tokenizer + generation config)."""

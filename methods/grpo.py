@@ -12,8 +12,11 @@ One step (a "rollout batch"):
     update     old log-probs from the trainer model for every sample (sampler log-probs are not used,
                so off-policy insertions need nothing special), then `inner_updates` optimizer steps on
                mini-batches of the clipped surrogate (+ optional k3 KL to the base model)
-    sync       the new weights go into the running engine (`generator.update_weights`); the engine is
-               made once per run and never restarted
+    sync       the new weights go into the running engine (`generator.update_weights`, every name, tied
+               aliases included, in the engine's dtype, in buckets); the engine is made once per run
+    check      the engine's log-probs of `sync_check_samples` of the step's sequences vs the trainer's:
+               logged as sync_gap_mean / sync_gap_max (nats/token); past the tolerance (by engine dtype,
+               harness.weightsync) the run stops with SyncError instead of training on stale samples
 
 Samples with zero advantage contribute exactly nothing to the surrogate, so without a KL term they
 are skipped in the forward/backward (they still count in every normalizer: the loss is identical).
@@ -46,6 +49,7 @@ from benchmarks import Problem
 from harness.config import check_choices, require
 from harness.generation import Sampling, stable_seed
 from harness.method import RunContext, Timer
+from harness.weightsync import Gap, default_tolerance, engine_dtype, sampler_gap
 
 from .common import Trainer, TrainSettings, collate, encode_pair, progress_steps, render_prompts, token_logprobs
 from .registry import register_method
@@ -76,11 +80,20 @@ class GRPOConfig:
     store_rollouts: Literal["zero_hit", "all", "none"] = "zero_hit"
     save_every: int = 10  # steps between trainer-state saves (0: never)
     gradient_checkpointing: bool = True  # GPU only
+    # after every sync: engine vs trainer log-probs of this many of the step's sequences (0: off)
+    sync_check_samples: int = 2
+    # (mean, max) nats/token the gap may reach; None: by engine dtype (harness.weightsync.TOLERANCE)
+    sync_tolerance: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         check_choices(self)
         require(self.inner_updates >= 1 and self.group_size >= 1 and self.prompts_per_step >= 1,
                 "grpo: inner_updates, group_size and prompts_per_step must be >= 1")
+        require(self.sync_check_samples >= 0, "grpo: sync_check_samples must be >= 0")
+        if self.sync_tolerance is not None:
+            self.sync_tolerance = tuple(self.sync_tolerance)  # JSON configs give a list
+            require(len(self.sync_tolerance) == 2 and min(self.sync_tolerance) > 0,
+                    "grpo: sync_tolerance must be (mean, max) nats/token, both > 0")
         if hasattr(super(), "__post_init__"):
             super().__post_init__()  # the other half of a combined config (lr-grpo)
 
@@ -193,9 +206,10 @@ class GRPO:
 
         self.generator = gen = ctx.make_generator(base_model)
         try:
+            texts = dict(zip((p.id for p in prompts), render_prompts(ctx.template, prompts, tok)))
             if start:  # the fresh engine holds the base weights
                 gen.update_weights(trainer.named_weights())
-            texts = dict(zip((p.id for p in prompts), render_prompts(ctx.template, prompts, tok)))
+                self._check_sync([tok(texts[p.id], add_special_tokens=False).input_ids for p in prompts[:2]])
             sampling = Sampling(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p,
                                 max_tokens=cfg.max_tokens, seed=ctx.seed, stop=stop_sequences(ctx.template))
             t_start = time.perf_counter()
@@ -240,6 +254,8 @@ class GRPO:
             upd = self._update(step, groups, ref)
         with Timer() as t_sync:
             gen.update_weights(trainer.named_weights())
+        with Timer() as t_check:
+            gap = self._check_sync(self._check_sequences(step, groups), raise_=False)
         total = time.perf_counter() - t0
         ctx.log_step(
             step + 1, phase="grpo", loss=upd["loss"], lr=upd["lr"], grad_norm=upd["grad_norm"],
@@ -248,10 +264,32 @@ class GRPO:
             zero_hit_ids=zero_hit, all_correct_ids=all_correct, response_len_mean=sum(lengths) / len(lengths),
             clip_frac=upd["clip_frac"], kl=upd["kl"], trained_samples=upd["trained"],
             off_policy_samples=sum(s.off_policy for g in groups for s in g.samples),
+            sync_gap_mean=gap.mean if gap else None, sync_gap_max=gap.max if gap else None,
             timings={"rollout": t_roll.s, "grading": t_grade.s, "augment": t_aug.s, "update": t_upd.s,
-                     "old_logprobs": upd["old_logprobs_s"], "sync": t_sync.s, "total": total},
+                     "old_logprobs": upd["old_logprobs_s"], "sync": t_sync.s, "sync_check": t_check.s,
+                     "total": total},
         )
+        if gap:  # logged first, so the failing step's gap is in the database
+            gap.check(self._tolerance())
         return {"generated_tokens": sum(lengths)}
+
+    # ------------------------------------------------------------------------------------------
+    def _tolerance(self) -> tuple[float, float]:
+        return self.cfg.sync_tolerance or default_tolerance(engine_dtype(self.generator))
+
+    def _check_sequences(self, step: int, groups: list[Group]) -> list[list[int]]:
+        """`sync_check_samples` of this step's policy sequences (prompt + response ids), seeded by step."""
+        tok = self.trainer.tokenizer
+        pool = [(g.prompt, s.token_ids) for g in groups for s in g.samples if s.token_ids and not s.off_policy]
+        picks = random.Random(f"grpo-sync/{step}").sample(pool, min(self.cfg.sync_check_samples, len(pool)))
+        return [tok(p, add_special_tokens=False).input_ids + list(r) for p, r in picks]
+
+    def _check_sync(self, sequences: list[list[int]], raise_: bool = True) -> Gap | None:
+        """The engine's log-probs of `sequences` vs the trainer's (harness.weightsync): None when off."""
+        if not self.cfg.sync_check_samples or not sequences:
+            return None
+        gap = sampler_gap(self.generator, self.trainer.unwrapped, sequences)
+        return gap.check(self._tolerance()) if raise_ else gap
 
     def _update(self, step: int, groups: list[Group], ref) -> dict:
         """Old log-probs for all samples, then `inner_updates` optimizer steps on mini-batches."""

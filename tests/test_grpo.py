@@ -169,24 +169,34 @@ class DigitGrader:
 
 
 class Counting:
-    """Generator factory that counts engines and weight syncs."""
+    """Generator factory that counts engines and weight syncs (`stale`: syncs do nothing)."""
 
-    def __init__(self):
-        self.made, self.syncs = 0, 0
+    def __init__(self, stale: bool = False):
+        self.made, self.syncs, self.stale, self.last = 0, 0, stale, None
 
     def __call__(self, path):
         from harness.generation import HFGenerator
 
         self.made += 1
-        gen = HFGenerator(path, None)
+        gen = self.last = HFGenerator(path, None)
         inner = gen.update_weights
 
         def update(named):
             self.syncs += 1
-            inner(named)
+            if not self.stale:
+                inner(named)
 
         gen.update_weights = update
         return gen
+
+
+class Alternating:
+    """Test grader: every other completion is correct, so every group has a non-zero advantage."""
+
+    def grade(self, pairs):
+        from harness.grading import Verdict
+
+        return [Verdict(None, i % 2 == 0, 0.0, None) for i, _ in enumerate(pairs)]
 
 
 def _ctx(tmp_path, db_url, factory, grader=None):
@@ -246,7 +256,14 @@ def test_grpo_run_logs_steps_rollouts_and_resumes(tmp_path, db_url, tiny_model_d
         assert r.reward_mean == pytest.approx(sum(x.reward for x in rolls) / len(rolls))
     from transformers import AutoModelForCausalLM
 
-    assert AutoModelForCausalLM.from_pretrained(ckpt).num_parameters() > 0
+    # the engine holds exactly the trained weights (strict sync, aliases included), which differ from the base
+    trained = AutoModelForCausalLM.from_pretrained(ckpt).state_dict()
+    engine = ref_ctx.make_generator.last.model.state_dict()
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).state_dict()
+    assert set(trained) == set(engine)
+    assert all(torch.equal(trained[k], engine[k]) for k in trained)
+    assert not torch.equal(trained["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+    assert all(r.extra["sync_gap_max"] == 0.0 for r in steps)  # same backend, same weights: exactly 0
 
     # killed in step 3 after the step-2 save; the restart must redo step 3 exactly
     ctx = _ctx(tmp_path / "kill", db_url, Counting())
@@ -291,6 +308,22 @@ def test_augment_groups_inserts_off_policy_samples(tmp_path, db_url, tiny_model_
     assert row.extra["clip_frac"] == 0.0  # one update: trainer-computed old log-probs give ratio 1
     revised = [x for x in _rows(ctx, Rollout) if x.source == "revised"]
     assert len(revised) == 3 and all(x.reward == 1.0 and x.zero_hit_group for x in revised)
+
+
+def test_stale_engine_fails_the_gap_check(tmp_path, db_url, tiny_model_dir):
+    """An engine that ignores syncs (the tied-head bug's effect) stops the run at step 1, gap logged."""
+    from harness.store import TrainStep
+    from harness.weightsync import SyncError
+
+    ctx = _ctx(tmp_path, db_url, Counting(stale=True), Alternating())
+    with pytest.raises(SyncError, match="sampler/trainer gap mean .* exceeds the tolerance 0.0001 / 0.001"):
+        GRPO().train(str(tiny_model_dir), _problems(), GRPOConfig(steps=3, save_every=0, **SMALL), ctx)
+    (row,) = _rows(ctx, TrainStep, phase="grpo")
+    assert row.step == 1 and row.extra["sync_gap_max"] > 1e-3
+    # the same run with a working sync passes the check: the gap is exactly 0 on one backend
+    ok = _ctx(tmp_path / "ok", db_url, Counting(), Alternating())
+    GRPO().train(str(tiny_model_dir), _problems(), GRPOConfig(steps=1, save_every=0, **SMALL), ok)
+    assert _rows(ok, TrainStep, phase="grpo")[0].extra["sync_gap_max"] == 0.0
 
 
 def test_grpo_rejects_bad_config_before_any_work():
