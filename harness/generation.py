@@ -103,6 +103,8 @@ class VLLMGenerator:
         self.model_path = model
         self.llm = LLM(
             model=model, dtype=settings.dtype, seed=seed, enable_prompt_embeds=True,
+            # sampled-token log-probs after temperature / top_p, as GRPO's importance sampling needs them
+            logprobs_mode="processed_logprobs",
             tensor_parallel_size=settings.tensor_parallel_size,
             data_parallel_size=settings.data_parallel_size,
             gpu_memory_utilization=settings.gpu_memory_utilization,
@@ -112,6 +114,7 @@ class VLLMGenerator:
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.dtype = self.llm.llm_engine.model_config.dtype  # weight sync ships tensors in this dtype
+        self.logprobs_mode = "processed_logprobs"
 
     def generate(self, prompts: Sequence[PromptInput], sampling: Sampling,
                  seeds: Sequence[int] | None = None, progress: bool = False) -> list[list[Completion]]:

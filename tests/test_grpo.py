@@ -357,3 +357,101 @@ def test_grpo_on_tiny_base_raises_training_reward(tmp_path, db_url):
     first, last = sum(rewards[:k]) / k, sum(rewards[-k:]) / k
     print(f"mean reward, first {k} steps {first:.3f} -> last {k} steps {last:.3f}")
     assert last > first
+
+
+# ---------------------------------------------------------------------------------------------
+# truncated importance sampling, dynamic sampling, ablation paths (issue 15.4, 15.3, 17.4)
+# ---------------------------------------------------------------------------------------------
+
+def test_tis_weights_on_a_constructed_mismatch():
+    from methods.grpo import tis_weights
+
+    # trainer probs 0.6 / 0.1 / 0.3 vs sampler 0.2 / 0.2 / 0.1: ratios 3, 0.5, 3
+    old = torch.log(torch.tensor([[0.6, 0.1], [0.3, 0.3]]))
+    sampler = torch.log(torch.tensor([[0.2, 0.2], [0.1, 0.1]]))
+    mask = torch.ones(2, 2)
+    w, st = tis_weights(old, sampler, mask, "token_truncate", 2.0)  # oat: min(ratio, tis_c)
+    assert w.flatten().tolist() == pytest.approx([2.0, 0.5, 2.0, 2.0])
+    assert st["tis_ratio_mean"] == pytest.approx((3 + 0.5 + 3 + 3) / 4) and st["tis_clipped_frac"] == 0.75
+    w, st = tis_weights(old, sampler, mask, "sequence_mask", 3.0)  # TRL: sequence ratio 1.5 kept, 9 masked
+    assert w.flatten().tolist() == pytest.approx([1.5, 1.5, 0.0, 0.0])
+    assert st["tis_ratio_mean"] == pytest.approx((1.5 + 9) / 2) and st["tis_clipped_frac"] == 0.5
+    # the weight multiplies the clipped policy term only
+    logp = torch.zeros(1, 2)
+    loss, _ = policy_loss(logp, logp, torch.ones(1), torch.ones(1, 2), variant="dapo", clip=(0.2, 0.2),
+                          tis=torch.tensor([[2.0, 0.5]]))
+    assert loss.item() == pytest.approx(-(2.0 + 0.5) / 2)
+
+
+class Shifted(Counting):
+    """HF engine whose reported log-probs are 1 nat lower than its true ones: ratio e on every token."""
+
+    def __call__(self, path):
+        gen = super().__call__(path)
+        inner = gen.generate
+
+        def generate(*a, **k):
+            outs = inner(*a, **k)
+            for cs in outs:
+                for c in cs:
+                    c.logprobs = [x - 1.0 for x in c.logprobs]
+            return outs
+
+        gen.generate = generate
+        return gen
+
+
+def test_tis_corrects_a_sampler_mismatch_end_to_end(tmp_path, db_url, tiny_model_dir):
+    from harness.store import TrainStep
+
+    ctx = _ctx(tmp_path, db_url, Shifted(), Alternating())
+    GRPO().train(str(tiny_model_dir), _problems(), GRPOConfig(steps=1, save_every=0, **SMALL), ctx)
+    (row,) = _rows(ctx, TrainStep, phase="grpo")
+    assert row.extra["tis_ratio_mean"] == pytest.approx(math.e, rel=1e-3)  # measured against the sampler
+    assert row.extra["tis_clipped_frac"] == 1.0  # e > cap 2.0 everywhere
+    off = _ctx(tmp_path / "off", db_url, Counting(), Alternating())
+    GRPO().train(str(tiny_model_dir), _problems(), GRPOConfig(steps=1, save_every=0, tis_mode="off", **SMALL), off)
+    assert _rows(off, TrainStep, phase="grpo")[0].extra["tis_ratio_mean"] is None
+    with pytest.raises(ValueError, match="needs sampler log-probs after temperature"):
+        GRPO().train(str(tiny_model_dir), _problems(), GRPOConfig(steps=1, temperature=0.7, **SMALL),
+                     _ctx(tmp_path / "t", db_url, Counting(), Alternating()))
+
+
+class ByAnswer:
+    """Test grader: problems whose gold answer is odd are always right, the rest alternate (varied groups)."""
+
+    def grade(self, pairs):
+        from harness.grading import Verdict
+
+        return [Verdict(None, int(gold) % 2 == 1 or i % 2 == 0, 0.0, None) for i, (_, gold) in enumerate(pairs)]
+
+
+def test_dapo_dynamic_sampling_drops_uniform_groups_and_refills(tmp_path, db_url, tiny_model_dir):
+    from benchmarks import Problem
+    from harness.store import TrainStep
+
+    # gold answers alternate odd/even: every odd-answer group is all-correct and must be dropped
+    problems = [Problem(f"p{i}", f"{i}+{i}", str(i), {}) for i in range(8)]
+    ctx = _ctx(tmp_path, db_url, Counting(), ByAnswer())
+    cfg = GRPOConfig(recipe="dapo", steps=1, save_every=0, inner_updates=2, max_gen_batches=4,
+                     **{**SMALL, "prompts_per_step": 4})
+    GRPO().train(str(tiny_model_dir), problems, cfg, ctx)
+    (row,) = _rows(ctx, TrainStep, phase="grpo")
+    assert row.extra["gen_batches"] > 1 and row.extra["trained_groups"] == 4  # refilled to a full batch
+    assert row.extra["optimizer_steps"] == 2 and row.extra["trained_samples"] == 16
+    assert row.extra["all_correct_ids"] and all(int(p[1:]) % 2 == 1 for p in row.extra["all_correct_ids"])
+
+
+def test_ablation_paths_kl_entropy_epochs_and_clipping(tmp_path, db_url, tiny_model_dir):
+    """kl_coef > 0, entropy_coef > 0 and 2 epochs x 2 mini-batches at a high lr: clipping acts, KL is positive."""
+    from harness.store import TrainStep
+
+    ctx = _ctx(tmp_path, db_url, Counting(), Alternating())
+    cfg = GRPOConfig(steps=2, save_every=0, kl_coef=0.1, entropy_coef=1e-3, inner_updates=2, epochs=2,
+                     sync_tolerance=(1e-4, 1e-3), **{**SMALL, "lr": 3e-2})
+    GRPO().train(str(tiny_model_dir), _problems(), cfg, ctx)
+    rows = _rows(ctx, TrainStep, phase="grpo")
+    assert [r.extra["optimizer_steps"] for r in rows] == [4, 4]
+    assert rows[0].extra["kl"] > 0 and rows[0].extra["entropy"] > 0
+    assert max(r.extra["clip_frac"] for r in rows) > 0  # later mini-batches see ratios past 1 +- 0.2
+    assert all(r.extra["sync_gap_max"] == 0.0 for r in rows)
