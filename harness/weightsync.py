@@ -118,6 +118,11 @@ def engine_logprobs(generator, sequences: Sequence[Sequence[int]]) -> list[torch
     return result
 
 
+def can_score(generator) -> bool:
+    """Whether `engine_logprobs` can score with this generator (a vLLM engine or an in-process model)."""
+    return getattr(generator, "llm", None) is not None or isinstance(getattr(generator, "model", None), torch.nn.Module)
+
+
 def sampler_gap(generator, model: torch.nn.Module, sequences: Sequence[Sequence[int]]) -> Gap:
     """Compare engine and trainer log-probs of the same token sequences (each >= 2 tokens)."""
     seqs = [list(s) for s in sequences if len(s) >= 2]

@@ -49,7 +49,7 @@ from benchmarks import Problem
 from harness.config import check_choices, require
 from harness.generation import Sampling, stable_seed
 from harness.method import RunContext, Timer
-from harness.weightsync import Gap, default_tolerance, engine_dtype, sampler_gap
+from harness.weightsync import Gap, can_score, default_tolerance, engine_dtype, sampler_gap
 
 from .common import Trainer, TrainSettings, collate, encode_pair, progress_steps, render_prompts, token_logprobs
 from .recipes import apply_recipe
@@ -189,20 +189,21 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         per_token = per_token - entropy_coef * entropy
         ent = (entropy.detach() * mask).sum() / mask.sum().clamp(min=1)
     n_seqs = n_seqs or logp.shape[0]
+    sums = (per_token * mask).sum(1)  # per sequence; the loss is the sum of each sequence's term
     if variant == "grpo":  # mean over each sequence's tokens, then over sequences
-        loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).sum() / n_seqs
+        per_seq = sums / mask.sum(1).clamp(min=1) / n_seqs
     elif variant == "drgrpo":  # no length normalization: a constant divisor
         if not max_tokens:
             raise ValueError("drgrpo needs max_tokens")
-        loss = (per_token * mask).sum() / (max_tokens * n_seqs)
+        per_seq = sums / (max_tokens * n_seqs)
     elif variant == "dapo":  # token-level: every token of the batch weighs the same
-        loss = (per_token * mask).sum() / (n_tokens if n_tokens is not None else mask.sum().clamp(min=1))
+        per_seq = sums / (n_tokens if n_tokens is not None else mask.sum().clamp(min=1))
     else:
         raise ValueError(f"unknown advantage variant {variant!r}; known: {', '.join(VARIANTS)}")
     was_clipped = ((ratio < 1 - clip[0]) & (adv < 0)) | ((ratio > 1 + clip[1]) & (adv > 0))
     stats = {"clip_tokens": float((was_clipped.float() * mask).sum()), "tokens": float(mask.sum()), "kl": float(kl),
-             "entropy": float(ent)}
-    return loss, stats
+             "entropy": float(ent), "per_seq": per_seq.detach()}
+    return per_seq.sum(), stats
 
 
 def tis_weights(old_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor, mode: str,
@@ -333,6 +334,8 @@ class GRPO:
             zero_hit_ids=zero_hit, all_correct_ids=all_correct, response_len_mean=sum(lengths) / len(lengths),
             clip_frac=upd["clip_frac"], kl=upd["kl"], entropy=upd["entropy"], trained_samples=upd["trained"],
             off_policy_samples=sum(s.off_policy for g in groups for s in g.samples),
+            off_policy_loss_share=upd["off_policy_loss_share"],
+            off_policy_truncated=sum(s.off_policy and s.finish_reason == "length" for g in groups for s in g.samples),
             truncated_frac=sum(s.finish_reason == "length" for g in seen for s in g.samples) / len(lengths),
             gen_batches=gen_batches, trained_groups=len(groups), optimizer_steps=upd["optimizer_steps"],
             tis_ratio_mean=upd["tis_ratio_mean"], tis_clipped_frac=upd["tis_clipped_frac"],
@@ -415,8 +418,8 @@ class GRPO:
 
     def _check_sync(self, sequences: list[list[int]], raise_: bool = True) -> Gap | None:
         """The engine's log-probs of `sequences` vs the trainer's (harness.weightsync): None when off."""
-        if not self.cfg.sync_check_samples or not sequences:
-            return None
+        if not self.cfg.sync_check_samples or not sequences or not can_score(self.generator):
+            return None  # off, or a stub engine that cannot score tokens (tests)
         gap = sampler_gap(self.generator, self.trainer.unwrapped, sequences)
         return gap.check(self._tolerance()) if raise_ else gap
 
@@ -432,7 +435,7 @@ class GRPO:
         t0 = time.perf_counter()
         old, ref_lp, tis, tis_stats = self._old_logprobs(items, active, ref)
         old_s = time.perf_counter() - t0
-        acc = {"loss": 0.0, "clip": 0.0, "tokens": 0.0, "kl": [], "entropy": [], "norms": []}
+        acc = {"loss": 0.0, "clip": 0.0, "tokens": 0.0, "kl": [], "entropy": [], "norms": [], "abs": 0.0, "off": 0.0}
         lr = trainer.lr
         for epoch in range(cfg.epochs):
             shuffled = list(order)
@@ -445,17 +448,18 @@ class GRPO:
         return {"loss": acc["loss"] / n_minis, "grad_norm": sum(acc["norms"]) / n_minis, "lr": lr,
                 "clip_frac": acc["clip"] / acc["tokens"] if acc["tokens"] else 0.0,
                 "kl": _mean(acc["kl"]), "entropy": _mean(acc["entropy"]), "trained": len(active),
-                "tokens": acc["tokens"], "old_logprobs_s": old_s, "optimizer_steps": n_minis, **tis_stats}
+                "tokens": acc["tokens"], "old_logprobs_s": old_s, "optimizer_steps": n_minis,
+                "off_policy_loss_share": acc["off"] / acc["abs"] if acc["abs"] else 0.0, **tis_stats}
 
     def _encode(self, groups: list[Group]) -> list[tuple]:
-        """(encoded, advantage, weight, sampler log-probs or None) per sample."""
+        """(encoded, advantage, weight, sampler log-probs or None, off_policy) per sample."""
         tok = self.trainer.tokenizer
         items = []
         for g in groups:
             for s in g.samples:
                 response = s.token_ids if s.token_ids is not None else s.text
                 enc = encode_pair(tok, g.prompt, response, add_eos=s.finish_reason != "length")
-                items.append((enc, s.advantage, s.weight, None if s.off_policy else s.sampler_logprobs))
+                items.append((enc, s.advantage, s.weight, None if s.off_policy else s.sampler_logprobs, s.off_policy))
         return items
 
     def _old_logprobs(self, items: list[tuple], active: list[int], ref) -> tuple[dict, dict, dict, dict]:
@@ -484,7 +488,7 @@ class GRPO:
 
     def _tis_row(self, item: tuple, old_row: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
         """One sample's TIS weights over its log-prob row; None without sampler log-probs or with TIS off."""
-        (ids, mask), _, _, sampler = item
+        (ids, mask), _, _, sampler, _ = item
         if self.cfg.tis_mode == "off" or not sampler:
             return None, {}
         start = mask.index(1) - 1  # log-prob index of the first response token
@@ -525,6 +529,9 @@ class GRPO:
             acc["clip"], acc["tokens"] = acc["clip"] + st["clip_tokens"], acc["tokens"] + st["tokens"]
             acc["kl"].append(st["kl"])
             acc["entropy"].append(st["entropy"])
+            contrib = st["per_seq"].abs()  # proxy for each sample's share of the gradient (lr-grpo docstring)
+            acc["abs"] += float(contrib.sum())
+            acc["off"] += float(sum(c for c, i in zip(contrib.tolist(), chunk) if items[i][4]))
 
     @property
     def _pad(self) -> int:

@@ -157,9 +157,11 @@ class PlantedEngine(PlantedGenerator):
         pass
 
 
-def test_lr_grpo_end_to_end_inserts_rescued_samples(tiny_model_dir, db_url, tmp_path, grader):
+@pytest.mark.parametrize("max_tokens", [12, 40])
+def test_lr_grpo_end_to_end_inserts_rescued_samples(tiny_model_dir, db_url, tmp_path, grader, max_tokens):
     """lr-grpo with the real revision core: every group is zero-hit, the latent continuation is correct, so
-    each group gets exactly one (deduplicated, non-leaky) rescued sample and the update is not a no-op."""
+    each group gets exactly one (deduplicated, non-leaky) rescued sample and the update is not a no-op.
+    With max_tokens=12 the prefix + continuation is longer than the cap: cut there, no eos (issue 15.5)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from methods.latentrevise.methods import LRGRPO, LRGRPOConfig
@@ -167,7 +169,7 @@ def test_lr_grpo_end_to_end_inserts_rescued_samples(tiny_model_dir, db_url, tmp_
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     ctx = make_ctx(db_url, tmp_path, grader, lambda m: PlantedEngine(tok), name="lr-grpo")
     problems = [Problem(f"q{i}", f"Compute 2 + 2. ({i})", "4") for i in range(3)]
-    cfg = LRGRPOConfig(steps=2, prompts_per_step=3, group_size=4, max_tokens=12, lr=3e-3, micro_batch_size=8,
+    cfg = LRGRPOConfig(steps=2, prompts_per_step=3, group_size=4, max_tokens=max_tokens, lr=3e-3, micro_batch_size=8,
                        save_every=0, store_rollouts="all", insert_per_group=2, **LATENT)
     ckpt = LRGRPO().train(str(tiny_model_dir), problems, cfg, ctx)
     with session_scope(ctx.db) as s:
@@ -177,12 +179,16 @@ def test_lr_grpo_end_to_end_inserts_rescued_samples(tiny_model_dir, db_url, tmp_
             assert r.zero_hit_frac == 1.0 and r.reward_mean == 0.0  # policy samples are all wrong
             assert r.extra["off_policy_samples"] == 3  # one distinct clean rescue per group (discrete ones leak)
             assert r.extra["trained_samples"] == 3 * 5  # advantages are no longer all zero
+            assert r.extra["off_policy_truncated"] == (3 if max_tokens == 12 else 0)
+            assert 0 < r.extra["off_policy_loss_share"] < 1
         mining = s.query(TrainStep).filter_by(run_id=ctx.run_id, phase="mining").order_by(TrainStep.step).all()
         assert [m.step for m in mining] == [1, 2] and all(m.extra["rescue"]["rescue_rate"] == 1.0 for m in mining)
         assert s.query(Revision).filter_by(run_id=ctx.run_id).count() == 2 * 3
         revised = s.query(Rollout).filter_by(run_id=ctx.run_id, source="revised").all()
-        assert len(revised) == 2 * 3 and all(r.completion.endswith("so 2 + 2 = 4. The answer is \\boxed{4}.")
-                                             for r in revised)
+        assert len(revised) == 2 * 3
+        for r in revised:  # never longer than a policy sample may be
+            assert len(tok(r.completion, add_special_tokens=False).input_ids) <= max_tokens
+            assert r.completion.endswith("so 2 + 2 = 4. The answer is \\boxed{4}.") == (max_tokens == 40)
     before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     after = AutoModelForCausalLM.from_pretrained(ckpt).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
