@@ -336,6 +336,7 @@ class GRPO:
             off_policy_samples=sum(s.off_policy for g in groups for s in g.samples),
             off_policy_loss_share=upd["off_policy_loss_share"],
             off_policy_truncated=sum(s.off_policy and s.finish_reason == "length" for g in groups for s in g.samples),
+            off_policy_weight_mean=_mean([s.weight for g in groups for s in g.samples if s.off_policy]),
             truncated_frac=sum(s.finish_reason == "length" for g in seen for s in g.samples) / len(lengths),
             gen_batches=gen_batches, trained_groups=len(groups), optimizer_steps=upd["optimizer_steps"],
             tis_ratio_mean=upd["tis_ratio_mean"], tis_clipped_frac=upd["tis_clipped_frac"],
