@@ -276,7 +276,9 @@ class GRPO:
         if cfg.kl_coef:
             from transformers import AutoModelForCausalLM
 
-            ref = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32).to(trainer.device).eval()
+            # the policy's forward runs in bf16 autocast on GPU: a bf16 reference, not a second fp32 model
+            ref_dtype = torch.bfloat16 if trainer.device.type == "cuda" else torch.float32
+            ref = AutoModelForCausalLM.from_pretrained(base_model, dtype=ref_dtype).to(trainer.device).eval()
         progress = trainer.load_state(ctx.out_dir) or {"next_step": 0, "generated_tokens": 0}
         start, generated = progress["next_step"], progress["generated_tokens"]
         from harness.prompts import stop_sequences
@@ -507,8 +509,8 @@ class GRPO:
                              acc: dict) -> None:
         """Gradient of one mini-batch's loss, accumulated over micro-batches (normalizers of the whole mini-batch)."""
         cfg, trainer = self.cfg, self.trainer
-        n_seqs = len(mini)
-        n_tokens = float(sum(sum(items[i][0][1]) for i in mini))
+        n_seqs = self._per_rank_share(float(len(mini)))
+        n_tokens = self._per_rank_share(float(sum(sum(items[i][0][1]) for i in mini)))
         todo = [i for i in mini if i in old]
         for chunk in _chunks(todo, cfg.micro_batch_size):
             b = collate([items[i][0] for i in chunk], self._pad, trainer.device)
@@ -533,6 +535,14 @@ class GRPO:
             contrib = st["per_seq"].abs()  # proxy for each sample's share of the gradient (lr-grpo docstring)
             acc["abs"] += float(contrib.sum())
             acc["off"] += float(sum(c for c, i in zip(contrib.tolist(), chunk) if items[i][4]))
+
+    def _per_rank_share(self, count: float) -> float:
+        """A normalizer as the whole batch's: DDP averages the ranks' gradients, so each rank divides by
+        (sum of the count over ranks) / ranks; the per-rank count made `dapo`'s token mean per rank (15.6)."""
+        acc = self.trainer.accelerator
+        if acc.num_processes == 1:
+            return count
+        return float(acc.reduce(torch.tensor(count, device=acc.device), reduction="sum")) / acc.num_processes
 
     @property
     def _pad(self) -> int:
