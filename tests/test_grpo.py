@@ -146,13 +146,19 @@ def test_update_weights_changes_what_vllm_samples(vllm_generator, tiny_model_dir
     expected = HFGenerator(model, tok).generate([prompt], greedy)[0][0].token_ids
     seven = tok.convert_tokens_to_ids("7")
     assert expected.count(seven) >= 6 and before.count(seven) < 6  # the trained copy prefers "7"
+    from harness.weightsync import sampler_gap, sync_tensors
+
+    seq = [p_ids + target]
     try:
-        vllm_generator.update_weights(model.named_parameters())
+        vllm_generator.update_weights(sync_tensors(model))
         after = vllm_generator.generate([prompt], greedy)[0][0].token_ids
         assert after == expected  # the engine now samples from the trained weights
+        sampler_gap(vllm_generator, model, seq).check((1e-4, 1e-3))  # and by log-probs, not only greedy tokens
     finally:  # the engine is shared by the session: put the original weights back
         vllm_generator.update_weights(original.items())
     assert vllm_generator.generate([prompt], greedy)[0][0].token_ids == before
+    model.load_state_dict(original)
+    sampler_gap(vllm_generator, model, seq).check((1e-4, 1e-3))
 
 
 # ---------------------------------------------------------------------------------------------
