@@ -108,7 +108,7 @@ def _vllm_sync_roundtrip(gen, path):
     base_gap = sampler_gap(gen, trainer, SEQS).check(FP32_TOL)
     _perturb_embedding(trainer)
     stale = sampler_gap(gen, trainer, SEQS)
-    assert stale.max > 1.0  # the change is large: a stale engine is off by whole nats
+    assert stale.max > 10 * FP32_TOL[1]  # the change is large: a stale engine fails the check by far
     try:
         gen.update_weights(trainer.named_parameters())  # the old sync: no alias names
         old_sync = sampler_gap(gen, trainer, SEQS)
