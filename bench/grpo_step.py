@@ -6,7 +6,10 @@ Runs the tiny preset's GRPO config for a few steps through the real stack (vLLM 
 grader, accelerate trainer) and reports the median seconds of each stage over the steps after the
 first (which pays for grader warm-up). Checks, and exits non-zero when violated:
   * the engine is made once and every weight sync goes into that same engine (no step restarts it);
-  * a weight sync costs at most 10% of a step.
+  * a weight sync costs at most 10% of a step;
+  * the sampler/trainer gap after every sync (engine vs trainer log-probs of 2 of the step's
+    sequences, harness.weightsync) stays below the engine dtype's tolerance: printed per step as the
+    curve issue 15.1 asks for (GRPO itself stops with SyncError past it).
 The per-step rows are in `train_steps` (phase "grpo") of the bench run, the summary in phase
 "bench_grpo"; the run is method "grpo" with preset "tiny-bench".
 """
@@ -30,7 +33,7 @@ from methods.registry import build_config
 from repro.presets import TINY
 from repro.runs import generator_factory, load_train_prompts, resolve_base_model
 
-STAGES = ("rollout", "grading", "update", "sync")
+STAGES = ("rollout", "grading", "update", "sync", "sync_check")
 
 
 class EngineWatch:
@@ -67,6 +70,7 @@ def main(steps: int = 6, db: str = "results.db", max_sync_frac: float = 0.10) ->
     with session_scope(factory) as s:
         rows = s.query(TrainStep).filter_by(run_id=run.id, phase="grpo").order_by(TrainStep.step).all()
         timings = [r.timings for r in rows]
+        gaps = [(r.step, r.extra.get("sync_gap_mean"), r.extra.get("sync_gap_max"), r.reward_mean) for r in rows]
     steady = timings[1:] or timings
     med = {k: statistics.median(t[k] for t in steady) for k in (*STAGES, "total")}
     sync_frac = statistics.median(t["sync"] / t["total"] for t in steady)
@@ -82,6 +86,11 @@ def main(steps: int = 6, db: str = "results.db", max_sync_frac: float = 0.10) ->
     table.add_row(*(f"{med[k]:.2f}" for k in (*STAGES, "total")), f"{100 * sync_frac:.1f}%")
     Console().print(table)
     Console().print(f"engines made: {len(watch.engines)}, weight syncs: {watch.syncs} for {len(rows)} steps")
+    Console().print("sampler/trainer gap per step (nats/token; mean / max), training reward:")
+    for step, mean, mx, reward in gaps:
+        Console().print(f"  step {step:3d}  gap {mean if mean is None else f'{mean:.2e}'} / "
+                        f"{mx if mx is None else f'{mx:.2e}'}  reward {reward:.3f}")
+    summary["gap_max"] = max((g[2] for g in gaps if g[2] is not None), default=None)
     with session_scope(factory) as s:
         s.add(TrainStep(run_id=run.id, phase="bench_grpo", step=0, timings=med, extra=summary))
     if not ok_engine:

@@ -161,6 +161,8 @@ class VLLMGenerator:
         self.model_path, self.settings = model, settings
         self.llm = LLM(
             model=model, dtype=settings.dtype, seed=seed, enable_prompt_embeds=True,
+            # sampled-token log-probs after temperature / top_p, as GRPO's importance sampling needs them
+            logprobs_mode="processed_logprobs",
             tensor_parallel_size=settings.tensor_parallel_size,
             data_parallel_size=settings.data_parallel_size,
             gpu_memory_utilization=settings.gpu_memory_utilization,
@@ -169,6 +171,8 @@ class VLLMGenerator:
                                     else (None if torch.cuda.is_available() else False)),
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.dtype = self.llm.llm_engine.model_config.dtype  # weight sync ships tensors in this dtype
+        self.logprobs_mode = "processed_logprobs"
 
     def identity(self) -> dict:
         """What about this engine changes its samples (harness.identity; enters evaluation identities)."""
@@ -212,19 +216,21 @@ class VLLMGenerator:
         (on CPU it prepacks every linear layer for oneDNN and empties `layer.weight`), so only
         the reload path, which restores the layers, loads and re-runs that processing, changes
         what the engine samples from. Names and layouts are Hugging Face's (checkpoint format).
+
+        Every name is sent, aliases too: with tied embeddings vLLM's layerwise reload restores
+        `lm_head` as its own layer and keeps its old (prepacked) weight unless `lm_head.weight`
+        arrives (issue 15.1; `harness.weightsync`). Tensors go in the engine's dtype, one bucket
+        per reload call; a bucket never splits a decoder block, because vLLM fuses q/k/v and
+        gate/up into one layer that must get all its parts in one reload.
         """
         from safetensors.torch import save
 
-        # one safetensors blob: plain bytes cross both process hops (client -> engine core ->
-        # worker); tensors do not, the core receives them as memoryviews that cannot be re-pickled
-        tensors, seen = {}, set()
-        for name, t in named_tensors:
-            if t.data_ptr() in seen:  # tied weights (lm_head = embed_tokens): vLLM loads the first name
-                continue
-            seen.add(t.data_ptr())
-            tensors[name] = t.detach().to("cpu").contiguous()
-        blob = save(tensors)
-        self.llm.collective_rpc(_reload_weights_from_blob, args=(blob,))
+        from .weightsync import block_buckets
+
+        for bucket in block_buckets(named_tensors, self.dtype):
+            # one safetensors blob: plain bytes cross both process hops (client -> engine core ->
+            # worker); tensors do not, the core receives them as memoryviews that cannot be re-pickled
+            self.llm.collective_rpc(_reload_weights_from_blob, args=(save(bucket),))
         self.llm.reset_prefix_cache()
 
     def close(self) -> None:
@@ -334,7 +340,10 @@ class HFGenerator:
         return hf_identity(str(self.device), getattr(self, "model_path", None))
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        self.model.load_state_dict(dict(named_tensors), strict=False)
+        """Copy weights in place, strictly: an unknown name or an unset weight is an error, not a no-op."""
+        from .weightsync import copy_strict
+
+        copy_strict(self.model, named_tensors)
 
     def close(self) -> None:
         pass

@@ -78,15 +78,23 @@ def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int,
     return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "loss_mask": loss.to(device)}
 
 
-def token_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
-    """log p(x_t | x_<t) for t = 1..T-1, shape [B, T-1]; aligned with `batch["loss_mask"][:, 1:]`."""
+def token_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1.0, with_entropy: bool = False):
+    """log p(x_t | x_<t) for t = 1..T-1, shape [B, T-1]; aligned with `batch["loss_mask"][:, 1:]`.
+
+    `with_entropy`: also the entropy [B, T-1] of each position's (temperature-scaled) distribution, as
+    verl computes it for its entropy bonus (logits divided by the temperature, then the entropy)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
     targets = batch["input_ids"][:, 1:]
     # logsumexp form: no [B, T, V] log-softmax tensor kept for backward
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    if not with_entropy:
+        return logp
+    entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # H = logsumexp - E_p[logit]
+    return logp, entropy
 
 
 def masked_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,8 +177,13 @@ class Trainer:
         return float(norm)
 
     def named_weights(self):
-        """(name, parameter) in Hugging Face naming, tied weights once, for `Generator.update_weights`."""
-        return self.unwrapped.named_parameters()
+        """(name, tensor) for every checkpoint name, tied aliases included, for `Generator.update_weights`.
+
+        Not `named_parameters()`: it yields a tied head once, as the embedding, and vLLM then kept
+        its old head (issue 15.1; `harness.weightsync`)."""
+        from harness.weightsync import sync_tensors
+
+        return sync_tensors(self.unwrapped)
 
     def save_model(self, out_dir: str | Path) -> Path:
         """Hugging Face format (safetensors + tokenizer + generation config)."""

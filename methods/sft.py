@@ -11,8 +11,10 @@ plus whatever `extra_examples()` returns (nothing here; LatentRevise's `lr-sft` 
 trajectories through it). Prompts are rendered with the evaluation template, so training and
 evaluation see the same text.
 
-A fraction of problems (`heldout_frac`, at least one) is held out; the token-mean loss on their
-responses is logged at the start and the end (phase "sft_heldout", steps 0 and final). Every
+A fraction of problems (`heldout_frac`, at least one) is held out after every data source is in
+(`split_heldout`: extra examples of held-out problems are dropped); the token-mean loss on their
+reference / RFT responses is logged at the start and the end (phase "sft_heldout", steps 0 and
+final) with what it covers (`heldout_problems`, `heldout_sources`, `extra_dropped`). Every
 optimizer step logs loss, lr, grad norm and tokens/s (phase "sft"). Trainer state is saved every
 `save_every` steps in `ctx.out_dir`, and a restarted run continues from it (RFT samples are cached
 there too, so a restart does not sample again).
@@ -77,6 +79,28 @@ class SFTConfig:
 
 
 Example = tuple[str, str, "str | list[int]"]  # (problem id, prompt text, response text or token ids)
+
+
+def split_heldout(prompts: Sequence[Problem], texts: Sequence[str], examples: list[Example],
+                  extra: list[tuple[str, str]], cfg: SFTConfig, seed: int) -> tuple[list[Example], list[Example], dict]:
+    """(training examples, held-out examples, what the held-out loss covers), split by PROBLEM.
+
+    The split is taken after every data source is in: `extra` pairs (rescued trajectories of lr-sft,
+    resample, hint) are matched to their problem by prompt text, and those of held-out problems are
+    dropped, so no held-out problem is trained on (issue 15.6: they used to be added after the split
+    and 15 held-out problems leaked on tiny). The held-out loss covers the reference / RFT examples of
+    the held-out problems (at most `heldout_max`)."""
+    ids = sorted({p.id for p in prompts})
+    random.Random(f"sft-heldout/{seed}").shuffle(ids)
+    held = set(ids[: max(1, round(cfg.heldout_frac * len(ids)))]) if cfg.heldout_frac > 0 else set()
+    by_text = {t: p.id for p, t in zip(prompts, texts)}
+    extra_ex = [(by_text.get(prompt, "extra"), prompt, resp) for prompt, resp in extra]
+    train_ex = [e for e in examples + extra_ex if e[0] not in held]
+    held_ex = [e for e in examples if e[0] in held][: cfg.heldout_max]
+    coverage = {"heldout_problems": sorted({e[0] for e in held_ex}), "heldout_sources": cfg.data,
+                "extra_dropped": sum(e[0] in held for e in extra_ex), "extra_unmatched": sum(e[0] == "extra"
+                                                                                           for e in extra_ex)}
+    return train_ex, held_ex, coverage
 
 
 @register_method
@@ -144,13 +168,8 @@ class SFT:
         if cfg.data in ("rft", "both"):
             examples += self.rft_examples(base_model, prompts, texts, cfg, ctx)
 
-        # held-out problems (not examples), so no held-out problem is seen in training
-        ids = sorted({p.id for p in prompts})
-        random.Random(f"sft-heldout/{ctx.seed}").shuffle(ids)
-        held = set(ids[: max(1, round(cfg.heldout_frac * len(ids)))]) if cfg.heldout_frac > 0 else set()
-        train_ex = [e for e in examples if e[0] not in held]
-        train_ex += [("extra", p, r) for p, r in self.extra_examples(base_model, prompts, cfg, ctx)]
-        held_ex = [e for e in examples if e[0] in held][: cfg.heldout_max]
+        extra = self.extra_examples(base_model, prompts, cfg, ctx)
+        train_ex, held_ex, coverage = split_heldout(prompts, texts, examples, extra, cfg, ctx.seed)
         if not train_ex:
             raise ValueError("sft: no training examples (RFT found no correct rollout?)")
         encode = lambda e: encode_pair(tokenizer, e[1], e[2], cfg.max_len)  # noqa: E731
@@ -168,7 +187,7 @@ class SFT:
 
         if start == 0 and held_enc:
             ctx.log_step(0, phase="sft_heldout", loss=self.heldout_loss(trainer, held_enc, cfg, pad),
-                         n_examples=len(held_enc))
+                         n_examples=len(held_enc), **coverage)
         world, rank = trainer.accelerator.num_processes, trainer.accelerator.process_index
         for step in progress_steps(ctx.progress, "sft", start, total):
             t0 = time.perf_counter()
@@ -192,7 +211,7 @@ class SFT:
 
         if held_enc:
             ctx.log_step(total, phase="sft_heldout", loss=self.heldout_loss(trainer, held_enc, cfg, pad),
-                         n_examples=len(held_enc))
+                         n_examples=len(held_enc), **coverage)
         return str(trainer.save_model(Path(ctx.out_dir) / "final"))
 
     @staticmethod

@@ -146,13 +146,19 @@ def test_update_weights_changes_what_vllm_samples(vllm_generator, tiny_model_dir
     expected = HFGenerator(model, tok).generate([prompt], greedy)[0][0].token_ids
     seven = tok.convert_tokens_to_ids("7")
     assert expected.count(seven) >= 6 and before.count(seven) < 6  # the trained copy prefers "7"
+    from harness.weightsync import sampler_gap, sync_tensors
+
+    seq = [p_ids + target]
     try:
-        vllm_generator.update_weights(model.named_parameters())
+        vllm_generator.update_weights(sync_tensors(model))
         after = vllm_generator.generate([prompt], greedy)[0][0].token_ids
         assert after == expected  # the engine now samples from the trained weights
+        sampler_gap(vllm_generator, model, seq).check((1e-4, 1e-3))  # and by log-probs, not only greedy tokens
     finally:  # the engine is shared by the session: put the original weights back
         vllm_generator.update_weights(original.items())
     assert vllm_generator.generate([prompt], greedy)[0][0].token_ids == before
+    model.load_state_dict(original)
+    sampler_gap(vllm_generator, model, seq).check((1e-4, 1e-3))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,24 +175,34 @@ class DigitGrader:
 
 
 class Counting:
-    """Generator factory that counts engines and weight syncs."""
+    """Generator factory that counts engines and weight syncs (`stale`: syncs do nothing)."""
 
-    def __init__(self):
-        self.made, self.syncs = 0, 0
+    def __init__(self, stale: bool = False):
+        self.made, self.syncs, self.stale, self.last = 0, 0, stale, None
 
     def __call__(self, path):
         from harness.generation import HFGenerator
 
         self.made += 1
-        gen = HFGenerator(path, None)
+        gen = self.last = HFGenerator(path, None)
         inner = gen.update_weights
 
         def update(named):
             self.syncs += 1
-            inner(named)
+            if not self.stale:
+                inner(named)
 
         gen.update_weights = update
         return gen
+
+
+class Alternating:
+    """Test grader: every other completion is correct, so every group has a non-zero advantage."""
+
+    def grade(self, pairs):
+        from harness.grading import Verdict
+
+        return [Verdict(None, i % 2 == 0, 0.0, None) for i, _ in enumerate(pairs)]
 
 
 def _ctx(tmp_path, db_url, factory, grader=None):
@@ -246,7 +262,14 @@ def test_grpo_run_logs_steps_rollouts_and_resumes(tmp_path, db_url, tiny_model_d
         assert r.reward_mean == pytest.approx(sum(x.reward for x in rolls) / len(rolls))
     from transformers import AutoModelForCausalLM
 
-    assert AutoModelForCausalLM.from_pretrained(ckpt).num_parameters() > 0
+    # the engine holds exactly the trained weights (strict sync, aliases included), which differ from the base
+    trained = AutoModelForCausalLM.from_pretrained(ckpt).state_dict()
+    engine = ref_ctx.make_generator.last.model.state_dict()
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).state_dict()
+    assert set(trained) == set(engine)
+    assert all(torch.equal(trained[k], engine[k]) for k in trained)
+    assert not torch.equal(trained["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+    assert all(r.extra["sync_gap_max"] == 0.0 for r in steps)  # same backend, same weights: exactly 0
 
     # killed in step 3 after the step-2 save; the restart must redo step 3 exactly
     ctx = _ctx(tmp_path / "kill", db_url, Counting())
@@ -293,6 +316,22 @@ def test_augment_groups_inserts_off_policy_samples(tmp_path, db_url, tiny_model_
     assert len(revised) == 3 and all(x.reward == 1.0 and x.zero_hit_group for x in revised)
 
 
+def test_stale_engine_fails_the_gap_check(tmp_path, db_url, tiny_model_dir):
+    """An engine that ignores syncs (the tied-head bug's effect) stops the run at step 1, gap logged."""
+    from harness.store import TrainStep
+    from harness.weightsync import SyncError
+
+    ctx = _ctx(tmp_path, db_url, Counting(stale=True), Alternating())
+    with pytest.raises(SyncError, match="sampler/trainer gap mean .* exceeds the tolerance 0.0001 / 0.001"):
+        GRPO().train(str(tiny_model_dir), _problems(), GRPOConfig(steps=3, save_every=0, **SMALL), ctx)
+    (row,) = _rows(ctx, TrainStep, phase="grpo")
+    assert row.step == 1 and row.extra["sync_gap_max"] > 1e-3
+    # the same run with a working sync passes the check: the gap is exactly 0 on one backend
+    ok = _ctx(tmp_path / "ok", db_url, Counting(), Alternating())
+    GRPO().train(str(tiny_model_dir), _problems(), GRPOConfig(steps=1, save_every=0, **SMALL), ok)
+    assert _rows(ok, TrainStep, phase="grpo")[0].extra["sync_gap_max"] == 0.0
+
+
 def test_grpo_rejects_bad_config_before_any_work():
     with pytest.raises(ValueError, match="GRPOConfig.advantage must be one of grpo | drgrpo | dapo, got 'ppo'"):
         GRPOConfig(advantage="ppo")
@@ -324,3 +363,101 @@ def test_grpo_on_tiny_base_raises_training_reward(tmp_path, db_url):
     first, last = sum(rewards[:k]) / k, sum(rewards[-k:]) / k
     print(f"mean reward, first {k} steps {first:.3f} -> last {k} steps {last:.3f}")
     assert last > first
+
+
+# ---------------------------------------------------------------------------------------------
+# truncated importance sampling, dynamic sampling, ablation paths (issue 15.4, 15.3, 17.4)
+# ---------------------------------------------------------------------------------------------
+
+def test_tis_weights_on_a_constructed_mismatch():
+    from methods.grpo import tis_weights
+
+    # trainer probs 0.6 / 0.1 / 0.3 vs sampler 0.2 / 0.2 / 0.1: ratios 3, 0.5, 3
+    old = torch.log(torch.tensor([[0.6, 0.1], [0.3, 0.3]]))
+    sampler = torch.log(torch.tensor([[0.2, 0.2], [0.1, 0.1]]))
+    mask = torch.ones(2, 2)
+    w, st = tis_weights(old, sampler, mask, "token_truncate", 2.0)  # oat: min(ratio, tis_c)
+    assert w.flatten().tolist() == pytest.approx([2.0, 0.5, 2.0, 2.0])
+    assert st["tis_ratio_mean"] == pytest.approx((3 + 0.5 + 3 + 3) / 4) and st["tis_clipped_frac"] == 0.75
+    w, st = tis_weights(old, sampler, mask, "sequence_mask", 3.0)  # TRL: sequence ratio 1.5 kept, 9 masked
+    assert w.flatten().tolist() == pytest.approx([1.5, 1.5, 0.0, 0.0])
+    assert st["tis_ratio_mean"] == pytest.approx((1.5 + 9) / 2) and st["tis_clipped_frac"] == 0.5
+    # the weight multiplies the clipped policy term only
+    logp = torch.zeros(1, 2)
+    loss, _ = policy_loss(logp, logp, torch.ones(1), torch.ones(1, 2), variant="dapo", clip=(0.2, 0.2),
+                          tis=torch.tensor([[2.0, 0.5]]))
+    assert loss.item() == pytest.approx(-(2.0 + 0.5) / 2)
+
+
+class Shifted(Counting):
+    """HF engine whose reported log-probs are 1 nat lower than its true ones: ratio e on every token."""
+
+    def __call__(self, path):
+        gen = super().__call__(path)
+        inner = gen.generate
+
+        def generate(*a, **k):
+            outs = inner(*a, **k)
+            for cs in outs:
+                for c in cs:
+                    c.logprobs = [x - 1.0 for x in c.logprobs]
+            return outs
+
+        gen.generate = generate
+        return gen
+
+
+def test_tis_corrects_a_sampler_mismatch_end_to_end(tmp_path, db_url, tiny_model_dir):
+    from harness.store import TrainStep
+
+    ctx = _ctx(tmp_path, db_url, Shifted(), Alternating())
+    GRPO().train(str(tiny_model_dir), _problems(), GRPOConfig(steps=1, save_every=0, **SMALL), ctx)
+    (row,) = _rows(ctx, TrainStep, phase="grpo")
+    assert row.extra["tis_ratio_mean"] == pytest.approx(math.e, rel=1e-3)  # measured against the sampler
+    assert row.extra["tis_clipped_frac"] == 1.0  # e > cap 2.0 everywhere
+    off = _ctx(tmp_path / "off", db_url, Counting(), Alternating())
+    GRPO().train(str(tiny_model_dir), _problems(), GRPOConfig(steps=1, save_every=0, tis_mode="off", **SMALL), off)
+    assert _rows(off, TrainStep, phase="grpo")[0].extra["tis_ratio_mean"] is None
+    with pytest.raises(ValueError, match="needs sampler log-probs after temperature"):
+        GRPO().train(str(tiny_model_dir), _problems(), GRPOConfig(steps=1, temperature=0.7, **SMALL),
+                     _ctx(tmp_path / "t", db_url, Counting(), Alternating()))
+
+
+class ByAnswer:
+    """Test grader: problems whose gold answer is odd are always right, the rest alternate (varied groups)."""
+
+    def grade(self, pairs):
+        from harness.grading import Verdict
+
+        return [Verdict(None, int(gold) % 2 == 1 or i % 2 == 0, 0.0, None) for i, (_, gold) in enumerate(pairs)]
+
+
+def test_dapo_dynamic_sampling_drops_uniform_groups_and_refills(tmp_path, db_url, tiny_model_dir):
+    from benchmarks import Problem
+    from harness.store import TrainStep
+
+    # gold answers alternate odd/even: every odd-answer group is all-correct and must be dropped
+    problems = [Problem(f"p{i}", f"{i}+{i}", str(i), {}) for i in range(8)]
+    ctx = _ctx(tmp_path, db_url, Counting(), ByAnswer())
+    cfg = GRPOConfig(recipe="dapo", steps=1, save_every=0, inner_updates=2, max_gen_batches=4,
+                     **{**SMALL, "prompts_per_step": 4})
+    GRPO().train(str(tiny_model_dir), problems, cfg, ctx)
+    (row,) = _rows(ctx, TrainStep, phase="grpo")
+    assert row.extra["gen_batches"] > 1 and row.extra["trained_groups"] == 4  # refilled to a full batch
+    assert row.extra["optimizer_steps"] == 2 and row.extra["trained_samples"] == 16
+    assert row.extra["all_correct_ids"] and all(int(p[1:]) % 2 == 1 for p in row.extra["all_correct_ids"])
+
+
+def test_ablation_paths_kl_entropy_epochs_and_clipping(tmp_path, db_url, tiny_model_dir):
+    """kl_coef > 0, entropy_coef > 0 and 2 epochs x 2 mini-batches at a high lr: clipping acts, KL is positive."""
+    from harness.store import TrainStep
+
+    ctx = _ctx(tmp_path, db_url, Counting(), Alternating())
+    cfg = GRPOConfig(steps=2, save_every=0, kl_coef=0.1, entropy_coef=1e-3, inner_updates=2, epochs=2,
+                     sync_tolerance=(1e-4, 1e-3), **{**SMALL, "lr": 3e-2})
+    GRPO().train(str(tiny_model_dir), _problems(), cfg, ctx)
+    rows = _rows(ctx, TrainStep, phase="grpo")
+    assert [r.extra["optimizer_steps"] for r in rows] == [4, 4]
+    assert rows[0].extra["kl"] > 0 and rows[0].extra["entropy"] > 0
+    assert max(r.extra["clip_frac"] for r in rows) > 0  # later mini-batches see ratios past 1 +- 0.2
+    assert all(r.extra["sync_gap_max"] == 0.0 for r in rows)

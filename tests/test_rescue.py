@@ -157,9 +157,11 @@ class PlantedEngine(PlantedGenerator):
         pass
 
 
-def test_lr_grpo_end_to_end_inserts_rescued_samples(tiny_model_dir, db_url, tmp_path, grader):
+@pytest.mark.parametrize("max_tokens", [12, 40])
+def test_lr_grpo_end_to_end_inserts_rescued_samples(tiny_model_dir, db_url, tmp_path, grader, max_tokens):
     """lr-grpo with the real revision core: every group is zero-hit, the latent continuation is correct, so
-    each group gets exactly one (deduplicated, non-leaky) rescued sample and the update is not a no-op."""
+    each group gets exactly one (deduplicated, non-leaky) rescued sample and the update is not a no-op.
+    With max_tokens=12 the prefix + continuation is longer than the cap: cut there, no eos (issue 15.5)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from methods.latentrevise.methods import LRGRPO, LRGRPOConfig
@@ -167,7 +169,7 @@ def test_lr_grpo_end_to_end_inserts_rescued_samples(tiny_model_dir, db_url, tmp_
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     ctx = make_ctx(db_url, tmp_path, grader, lambda m: PlantedEngine(tok), name="lr-grpo")
     problems = [Problem(f"q{i}", f"Compute 2 + 2. ({i})", "4") for i in range(3)]
-    cfg = LRGRPOConfig(steps=2, prompts_per_step=3, group_size=4, max_tokens=12, lr=3e-3, micro_batch_size=8,
+    cfg = LRGRPOConfig(steps=2, prompts_per_step=3, group_size=4, max_tokens=max_tokens, lr=3e-3, micro_batch_size=8,
                        save_every=0, store_rollouts="all", insert_per_group=2, **LATENT)
     ckpt = LRGRPO().train(str(tiny_model_dir), problems, cfg, ctx)
     with session_scope(ctx.db) as s:
@@ -177,15 +179,76 @@ def test_lr_grpo_end_to_end_inserts_rescued_samples(tiny_model_dir, db_url, tmp_
             assert r.zero_hit_frac == 1.0 and r.reward_mean == 0.0  # policy samples are all wrong
             assert r.extra["off_policy_samples"] == 3  # one distinct clean rescue per group (discrete ones leak)
             assert r.extra["trained_samples"] == 3 * 5  # advantages are no longer all zero
+            assert r.extra["off_policy_truncated"] == (3 if max_tokens == 12 else 0)
+            assert 0 < r.extra["off_policy_loss_share"] < 1
         mining = s.query(TrainStep).filter_by(run_id=ctx.run_id, phase="mining").order_by(TrainStep.step).all()
         assert [m.step for m in mining] == [1, 2] and all(m.extra["rescue"]["rescue_rate"] == 1.0 for m in mining)
         assert s.query(Revision).filter_by(run_id=ctx.run_id).count() == 2 * 3
         revised = s.query(Rollout).filter_by(run_id=ctx.run_id, source="revised").all()
-        assert len(revised) == 2 * 3 and all(r.completion.endswith("so 2 + 2 = 4. The answer is \\boxed{4}.")
-                                             for r in revised)
+        assert len(revised) == 2 * 3
+        for r in revised:  # never longer than a policy sample may be
+            assert len(tok(r.completion, add_special_tokens=False).input_ids) <= max_tokens
+            assert r.completion.endswith("so 2 + 2 = 4. The answer is \\boxed{4}.") == (max_tokens == 40)
     before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     after = AutoModelForCausalLM.from_pretrained(ckpt).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_lr_grpo_replace_mode_and_clipped_policy_prob_weights(tiny_model_dir, db_url, tmp_path, grader):
+    """insert_mode="replace" keeps the group size; policy-prob weights (exp of the mean token log-prob of a
+    random model, far below 1) are clipped at off_policy_weight_max only when they exceed it."""
+    from transformers import AutoTokenizer
+
+    from methods.latentrevise.methods import LRGRPO, LRGRPOConfig
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    problems = [Problem(f"q{i}", f"Compute 2 + 2. ({i})", "4") for i in range(3)]
+    base = dict(steps=1, prompts_per_step=3, group_size=4, max_tokens=40, lr=3e-3, micro_batch_size=8, save_every=0,
+                insert_per_group=2, insert_mode="replace", off_policy_weighting="policy-prob", **LATENT)
+    weights = {}
+    for cap in (None, 1e-6):
+        (tmp_path / str(cap)).mkdir()
+        ctx = make_ctx(db_url, tmp_path / str(cap), grader, lambda m: PlantedEngine(tok), name=f"lr-grpo-{cap}")
+        LRGRPO().train(str(tiny_model_dir), problems, LRGRPOConfig(**base, off_policy_weight_max=cap), ctx)
+        with session_scope(ctx.db) as s:
+            (row,) = s.query(TrainStep).filter_by(run_id=ctx.run_id, phase="grpo").all()
+            assert row.extra["off_policy_samples"] == 3 and row.extra["trained_samples"] == 3 * 4  # size kept
+            weights[cap] = row.extra["off_policy_weight_mean"]
+    assert 1e-6 < weights[None] < 0.5 and weights[1e-6] == pytest.approx(1e-6)
+
+
+def test_lr_sft_end_to_end_and_resume_reuses_cached_mining_pairs(tiny_model_dir, db_url, tmp_path, grader):
+    """lr-sft mines with the planted engine, trains on reference + rescued pairs; a restart of the same run
+    reads mined_pairs.json and makes no engine (mining is not repeated)."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from methods.latentrevise.methods import LRSFT, LRSFTConfig
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    problems = [Problem(f"q{i}", f"Compute 2 + {i}.", str(2 + i), {"solution": f"2 + {i} = {2 + i}."})
+                for i in range(6)]
+    cfg = LRSFTConfig(epochs=1, batch_size=4, micro_batch_size=4, lr=1e-3, response_prefix=" ", max_len=64,
+                      heldout_frac=0.2, **LATENT)
+    made = []
+    ctx = make_ctx(db_url, tmp_path, grader, lambda m: made.append(m) or PlantedEngine(tok), name="lr-sft")
+    ckpt = LRSFT().train(str(tiny_model_dir), problems, cfg, ctx)
+    pairs = json.loads((Path(tmp_path) / "mined_pairs.json").read_text())
+    assert len(made) == 1 and pairs and all(r.endswith("The answer is \\boxed{4}.") for _, r in pairs)
+    with session_scope(ctx.db) as s:
+        held = s.query(TrainStep).filter_by(run_id=ctx.run_id, phase="sft_heldout").all()
+        assert len(held) == 2 and held[0].extra["extra_dropped"] + len(pairs) >= len(pairs)
+        n_steps = s.query(TrainStep).filter_by(run_id=ctx.run_id, phase="sft").count()
+    assert n_steps == -(-(5 + len(pairs) - held[0].extra["extra_dropped"]) // 4)  # 5 training problems + rescues
+    before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(ckpt).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    def no_engine(m):
+        raise AssertionError("the restart must not mine again")
+
+    LRSFT().train(str(tiny_model_dir), problems, cfg, make_ctx(db_url, tmp_path, grader, no_engine, name="lr-sft"))
 
 
 # ------------------------------------------------------------------------------------------------

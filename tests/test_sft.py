@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import HAS_VLLM
 
-from methods.common import collate, encode_pair, lr_lambda
-from methods.sft import SFT, SFTConfig
+from methods.common import collate, encode_pair, lr_lambda, masked_nll, render_prompts
+from methods.sft import SFT, SFTConfig, split_heldout
 
 
 def _problems(n=40):
@@ -79,7 +79,35 @@ def test_sft_lowers_heldout_loss_and_logs_steps(tmp_path, db_url, tiny_model_dir
     assert steps[0].lr < steps[2].lr and steps[-1].lr < steps[2].lr  # warm-up, then cosine decay
     assert all(s.grad_norm > 0 and s.tokens_per_s > 0 for s in steps)
     model = AutoModelForCausalLM.from_pretrained(ckpt)
-    assert AutoTokenizer.from_pretrained(ckpt).eos_token == "<|im_end|>" and model.num_parameters() > 0
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    assert tok.eos_token == "<|im_end|>"
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert all(not torch.equal(base[k], v) for k, v in model.state_dict().items() if k.endswith("proj.weight"))
+    # the logged final held-out loss is the checkpoint's: recomputed from the saved weights
+    cfg = SFTConfig(**QUICK)
+    texts = render_prompts("tiny-boxed", _problems(), tok)
+    _, held_ex, cover = split_heldout(_problems(), texts, SFT().reference_examples(_problems(), texts, cfg), [], cfg, 0)
+    assert held[1].extra["heldout_problems"] == cover["heldout_problems"] and len(cover["heldout_problems"]) == 4
+    enc = [encode_pair(tok, e[1], e[2], cfg.max_len) for e in held_ex]
+    with torch.no_grad():
+        nll, n = masked_nll(model.eval(), collate(enc, tok.pad_token_id))
+    assert held[1].loss == pytest.approx(float(nll) / float(n), rel=1e-5)
+
+
+def test_heldout_split_drops_extra_examples_of_heldout_problems(tiny_model_dir):
+    """Rescued (extra) pairs of held-out problems must not be trained on (issue 15.6: they leaked)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = SFTConfig(**QUICK)
+    problems = _problems()
+    texts = render_prompts("tiny-boxed", problems, tok)
+    extra = [(t, " rescued") for t in texts] + [("an unrelated prompt", " x")]  # one per problem + one unmatched
+    train, held, cover = split_heldout(problems, texts, SFT().reference_examples(problems, texts, cfg), extra, cfg, 0)
+    held_ids = {e[0] for e in held}
+    assert len(held_ids) == 4 and not held_ids & {e[0] for e in train}
+    assert sum(e[2] == " rescued" for e in train) == 36  # every training problem keeps its rescue
+    assert cover["extra_dropped"] == 4 and cover["extra_unmatched"] == 1
 
 
 def test_sft_resume_after_kill_is_exact(tmp_path, db_url, tiny_model_dir):
@@ -160,6 +188,7 @@ def test_sft_on_tiny_base_lowers_heldout_loss_and_raises_accuracy(tmp_path, db_u
     from harness.generation import Sampling, VLLMGenerator
     from harness.grading import Grader
     from harness.prompts import render
+    from harness.weightsync import with_tied_head
     from repro.presets import TINY
     from repro.runs import load_train_prompts, resolve_base_model
 
@@ -174,8 +203,8 @@ def test_sft_on_tiny_base_lowers_heldout_loss_and_raises_accuracy(tmp_path, db_u
     try:
         acc = []
         for weights in (None, load_file(os.path.join(ckpt, "model.safetensors"))):
-            if weights is not None:
-                gen.update_weights(weights.items())
+            if weights is not None:  # a saved tied checkpoint has no lm_head.weight: send the alias too
+                gen.update_weights(with_tied_head(weights, True).items())
             outs = gen.generate(prompts, Sampling(n=4, temperature=1.0, max_tokens=96, seed=0))
             verdicts = grader.grade([(c.text, p.answer) for p, cs in zip(problems, outs) for c in cs])
             acc.append(sum(v.correct for v in verdicts) / len(verdicts))

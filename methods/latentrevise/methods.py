@@ -17,8 +17,16 @@ none). `off_policy_weighting`:
     policy-prob  weight = off_policy_weight * exp(mean_t log pi(y_t | x, y_<t)), the policy's per-token
                  geometric-mean probability of the trajectory, in (0, 1]: trajectories the policy
                  finds unlikely move it less (in the spirit of LUFFY's regularized importance sampling).
+`off_policy_weight_max` clips that weight from above (None: no clip).
 `insert_mode`: append (group grows by the inserted samples, default) | replace (the last failed
 samples are replaced, group size and update cost stay fixed).
+
+Inserted samples carry their true finish reason (the continuation's) and the policy samples' length
+cap: a prefix + continuation longer than `max_tokens` is cut there and gets no eos. GRPO logs per step
+`off_policy_loss_share`: the inserted samples' share of the absolute per-sample loss contributions,
+sum |l_i| over inserted / sum |l_i| over all, l_i being sample i's term of the aggregated loss. It is
+a proxy for their share of the gradient norm (exact when all per-sample gradients are parallel), one
+that costs no extra backward pass.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from benchmarks import Problem
 from harness.generation import Completion
 from harness.method import RunContext
 
-from ..grpo import GRPO, Group, GRPOConfig, Sample
+from ..grpo import GRPO, Group, GRPOConfig, Sample, shaped_reward
 from ..registry import register_method
 from ..sft import SFT, SFTConfig
 from .mining import LatentReviseConfig, Screened, log_rescue, mine, rescue_latentrevise, rescue_stats, training_pairs
@@ -89,6 +97,13 @@ class LRGRPOConfig(GRPOConfig, LatentReviseConfig):
     insert_mode: Literal["append", "replace"] = "append"
     off_policy_weighting: Literal["const", "policy-prob"] = "const"
     off_policy_weight: float = 1.0
+    # clip: an inserted sample's loss weight is at most this (after policy-prob weighting); None: no clip
+    off_policy_weight_max: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.off_policy_weight_max is not None and self.off_policy_weight_max <= 0:
+            raise ValueError(f"lr-grpo: off_policy_weight_max must be > 0 or None, got {self.off_policy_weight_max}")
 
 
 @register_method
@@ -121,13 +136,32 @@ class LRGRPO(GRPO):
             picks = training_pairs([o], pick_cfg) if o is not None else []
             if not picks:
                 continue
-            new = [Sample(resp, None, 1.0, "stop", self._weight(g.prompt, resp), off_policy=True, source="revised")
-                   for _, resp in picks]
+            finish = {t.response: t.finish_reason for t in o.trajectories}
+            new = [self._inserted(g.prompt, resp, finish[resp]) for _, resp in picks]
             g.samples = (g.samples[: len(g.samples) - len(new)] if cfg.insert_mode == "replace" else g.samples) + new
         return groups
 
+    def _inserted(self, prompt: str, response: str, finish_reason: str) -> Sample:
+        """A rescued trajectory as a GRPO sample, under the same length cap as policy samples.
+
+        prefix + continuation can exceed `max_tokens` (the continuation alone may use up to
+        `cont_max_tokens`): such a response is cut at `max_tokens` and, like a cut policy sample, gets no
+        eos ("length"); the reward follows the recipe's truncation rule (`shaped_reward`)."""
+        cfg: LRGRPOConfig = self.cfg
+        ids = self.trainer.tokenizer(response, add_special_tokens=False).input_ids
+        eos = self.trainer.tokenizer.eos_token_id
+        ids = [t for t in ids if t != eos]
+        if len(ids) > cfg.max_tokens:
+            ids, finish_reason = ids[: cfg.max_tokens], "length"
+        text = self.trainer.tokenizer.decode(ids, skip_special_tokens=True)
+        weight = self._weight(prompt, ids)
+        if cfg.off_policy_weight_max is not None:
+            weight = min(weight, cfg.off_policy_weight_max)
+        return Sample(text, ids, shaped_reward(True, finish_reason, len(ids), cfg), finish_reason, weight,
+                      off_policy=True, source="revised", correct=True)
+
     @torch.no_grad()
-    def _weight(self, prompt: str, response: str) -> float:
+    def _weight(self, prompt: str, response: str | list[int]) -> float:
         cfg = self.cfg
         if cfg.off_policy_weighting == "const":
             return cfg.off_policy_weight

@@ -40,7 +40,7 @@ Where things land in results.db (the tables read these; field names agreed with 
 - `revisions`: one row per revision. `gold_loss`/`away_loss`: the toward/away terms per iterate;
   `top_tokens`; `discrete_prefix` (p'); `continuations`: each distinct sample set once,
   {"text", "arm" (where it was sampled), "arms" (every arm that uses it), "correct", "extracted",
-  "leakage", "valid_steps", "honest", "tokens"[, "lp_text", "lp_latent"]}; `rescued`: a revised arm
+  "leakage", "valid_steps", "honest", "tokens", "finish_reason"[, "lp_text", "lp_latent"]}; `rescued`: a revised arm
   (discrete or latent, deduplicated ones included) has a correct continuation; `leakage`.
   `config` is the revision config plus `config["_stats"]`:
       arms             {"unrevised"|"discrete"|"latent": {"n": int, "correct": int, "usable": int,
@@ -161,6 +161,7 @@ class Trajectory:
     valid_steps: bool | None = None  # the arithmetic step check (None: not checked)
     honest: bool = True  # the text is the conditioning it was generated from (module docstring)
     arms: tuple[str, ...] = ()  # LatentRevise: every arm that produced this continuation (dedupe)
+    finish_reason: str = "stop"  # the continuation's: "length" = cut at max_tokens, no eos (lr-grpo)
 
     def usable(self, cfg: MiningConfig) -> bool:
         return usable(vars(self), cfg)
@@ -423,7 +424,8 @@ def _verify_set(arm: str, comps: list[tuple[Completion, Any]], r: ReviseResult, 
     out = []
     for c, v in comps:
         rec = {"text": c.text, "arm": arm, "correct": bool(v.correct), "extracted": v.extracted,
-               "tokens": len(c.token_ids), "leakage": False, "valid_steps": None, "honest": True}
+               "tokens": len(c.token_ids), "leakage": False, "valid_steps": None, "honest": True,
+               "finish_reason": c.finish_reason}
         if v.correct:
             if latent:
                 rec["leakage"] = latent_leak_a or prefix_leak(prefix, orig, gold) or \
@@ -492,7 +494,8 @@ def _record(zero_hit: Sequence[Screened], jobs: list[_Job], results: list[Revise
                     o.trajectories.append(Trajectory(
                         pid, jb.sc.prompt_text, text + rec["text"], gold, "latentrevise", mode, True,
                         rec["leakage"], r.prefix_len + rec["tokens"], latent={"index": len(latents) - 1},
-                        valid_steps=rec["valid_steps"], honest=rec["honest"], arms=users))
+                        valid_steps=rec["valid_steps"], honest=rec["honest"], arms=users,
+                        finish_reason=rec["finish_reason"]))
         stats = _revision_stats(r, arms[ri], sources[ri], modes, generated, saved, step, tokenizer)
         stats["latent_leak"] = bool(leak_a)
         for a, counts in stats["arms"].items():  # correct AND usable as training data (clean, honest, valid)
