@@ -117,9 +117,8 @@ def test_second_invocation_reuses_everything(db_url, capsys, monkeypatch, offlin
     def boom(*a, **k):
         raise AssertionError("a reused plan must not train, evaluate or start a grader")
 
-    import repro.runs as runner
-
     import repro.execute as execute_mod
+    import repro.runs as runner
     from harness.grading import Grader
 
     started = []

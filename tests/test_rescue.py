@@ -163,6 +163,9 @@ def test_resample_and_hint_spend_their_matched_budget_in_tokens(tiny_model_dir, 
             assert spent <= budget and budget - spent < one_sample, (name, pid, budget, spent)
 
 
+RIGHT = " so 2 + 2 = 4. The answer is \\boxed{4}."
+
+
 class HintOnlyGenerator(PlantedGenerator):
     """Answers correctly (with a worked step) only when the hint is in the prompt text; records the prompts."""
 
@@ -174,7 +177,7 @@ class HintOnlyGenerator(PlantedGenerator):
         self.seen += list(prompts)
         out = []
         for p in prompts:
-            text = " so 2 + 2 = 4. The answer is \\boxed{4}." if "Hint" in p else " 2 + 2 = 5. The answer is \\boxed{5}."
+            text = RIGHT if "Hint" in p else " 2 + 2 = 5. The answer is \\boxed{5}."
             ids = self.tokenizer(text, add_special_tokens=False).input_ids
             out.append([Completion(text, ids, "stop", 0) for _ in range(sampling.n)])
         return out
@@ -190,10 +193,11 @@ def test_hint_rescues_train_on_the_prompt_without_the_hint(tiny_model_dir, db_ur
     res = mine(str(tiny_model_dir), problems, HintConfig(**SMALL, budget_fte_per_prompt=60.0), ctx, rescue_hint,
                "hint")
     unhinted = "Problem: Compute 2 + 2.\nSolution:"
-    assert gen.seen[0] == unhinted and gen.seen[1] == "Problem: Compute 2 + 2. (Hint: the final answer is 4.)\nSolution:"
+    hinted = "Problem: Compute 2 + 2. (Hint: the final answer is 4.)\nSolution:"
+    assert gen.seen[0] == unhinted and gen.seen[1] == hinted
     assert res.stats["n_zero_hit"] == 1 and res.stats["rescue_rate"] == 1.0  # rescued only thanks to the hint
     n = len(res.outcomes[0].trajectories)
-    assert n >= 1 and res.pairs == [(unhinted, " so 2 + 2 = 4. The answer is \\boxed{4}.")]
+    assert n >= 1 and res.pairs == [(unhinted, RIGHT)]
     with session_scope(ctx.db) as s:
         stored = s.query(Rollout).filter_by(run_id=ctx.run_id, source="hint").all()
         assert len(stored) == n and {r.prompt for r in stored} == {unhinted}
