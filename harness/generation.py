@@ -195,17 +195,24 @@ class HFGenerator:
     One prompt at a time, its n samples batched. Slow next to vLLM but exact, differentiable
     models stay in this process, and `inputs_embeds` is native. Used for tests, for LatentRevise
     continuation when vLLM is absent, and as the greedy reference that vLLM is checked against.
+
+    The context limit is vLLM's (vllm/v1/engine/input_processor.py `_validate_prompt_len`,
+    vllm/v1/core/sched/utils.py `check_stop`, vLLM 0.32): `max_model_len` (default: the model
+    config's max_position_embeddings, as vLLM derives it). A prompt that leaves no room for one
+    output token (length >= the limit) is refused with a ValueError; otherwise generation stops
+    when prompt + completion reach the limit (finish_reason "length"): max_tokens is cut to fit.
     """
 
-    def __init__(self, model, tokenizer, device: str | torch.device = "cpu"):
+    def __init__(self, model, tokenizer, device: str | torch.device = "cpu", max_model_len: int | None = None):
         if isinstance(model, str):
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
-            model = AutoModelForCausalLM.from_pretrained(model, torch_dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.device = torch.device(device)
+        self.max_model_len = max_model_len or getattr(self.model.config, "max_position_embeddings", None)
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[PromptInput], sampling: Sampling,
@@ -221,6 +228,7 @@ class HFGenerator:
             ids = self.tokenizer(prompt, add_special_tokens=False).input_ids if isinstance(prompt, str) else prompt
             prompt_embeds = embed(torch.tensor(ids, device=self.device))
         n = sampling.n
+        max_new = self._max_new_tokens(prompt_embeds.shape[0], sampling.max_tokens)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         eos = self.tokenizer.eos_token_id
         out = self.model(inputs_embeds=prompt_embeds.unsqueeze(0).expand(n, -1, -1), use_cache=True)
@@ -229,7 +237,7 @@ class HFGenerator:
         logps: list[list[float]] = [[] for _ in range(n)]
         done = [False] * n
         reasons = ["length"] * n
-        for _ in range(sampling.max_tokens):
+        for _ in range(max_new):
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             if sampling.temperature == 0:
                 nxt = logprobs.argmax(-1)
@@ -258,6 +266,17 @@ class HFGenerator:
                     text = text[: text.index(s)]
             completions.append(Completion(text, tokens[i], reasons[i], prompt_embeds.shape[0], logps[i]))
         return completions
+
+    def _max_new_tokens(self, prompt_len: int, max_tokens: int) -> int:
+        """max_tokens cut to the context limit; a prompt over the limit is refused (vLLM's behaviour)."""
+        if self.max_model_len is None:
+            return max_tokens
+        if prompt_len >= self.max_model_len:  # vLLM refuses both: no room for one output token
+            at_limit = prompt_len == self.max_model_len
+            extra = " plus the number of requested output tokens (at least 1)" if at_limit else ""
+            raise ValueError(f"The decoder prompt (length {prompt_len}){extra} is longer than the maximum model "
+                             f"length of {self.max_model_len}.")
+        return min(max_tokens, self.max_model_len - prompt_len)
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         self.model.load_state_dict(dict(named_tensors), strict=False)
@@ -308,5 +327,5 @@ class GeneratorFactory:
     def __call__(self, model: str) -> Generator:
         if self.backend == "vllm":
             return VLLMGenerator(model, self.settings, seed=self.seed)
-        return HFGenerator(model, None, device=self.device)
+        return HFGenerator(model, None, device=self.device, max_model_len=self.settings.max_model_len)
 

@@ -97,9 +97,6 @@ def test_methods_lists_the_registry():
 
 
 def test_leaderboard_command(tiny_model_dir, data_dir, tmp_path):
-    tables = pytest.importorskip("repro.tables")
-    if not hasattr(tables, "leaderboard"):
-        pytest.skip("repro.tables.leaderboard not there yet")
     app, db = _app(), tmp_path / "results.db"
     assert runner.invoke(app, _eval_args(tiny_model_dir, db, data_dir, "--backend", "hf"), env=ENV).exit_code == 0
     for fmt in ("rich", "csv", "json", "markdown"):
@@ -169,7 +166,6 @@ class AnswerKey:
 
 
 def test_crosscheck_lm_eval_agrees_with_the_harness(data_dir, tmp_path):
-    pytest.importorskip("lm_eval")
     from benchmarks import load_benchmark
     from harness.grading import Grader
     from repro.lmeval.bridge import crosscheck
@@ -192,7 +188,6 @@ def test_crosscheck_lm_eval_agrees_with_the_harness(data_dir, tmp_path):
 
 def test_exported_lm_eval_tasks_load_offline(data_dir, monkeypatch):
     """`lm_eval --include_path repro/lmeval/tasks`, run from the data directory, sees our data and prompts."""
-    pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
 
     from benchmarks import load_benchmark
