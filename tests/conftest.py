@@ -1,13 +1,19 @@
-"""Shared fixtures: the local benchmark data, a throwaway database, a tiny random model, engines.
+"""Shared fixtures: the local benchmark data, a throwaway database, a tiny random model, engines;
+and the CI skip policy.
 
 The tiny model here is random-initialized (tests need shapes, not skill); the tiny preset's
 pretrained base model is built by repro/tiny/pretrain.py and tested in test_pretrain.py.
+
+Skip policy: a skip hides an untested path, so in CI (`CI` set to true/1/yes, as .ci/run does) a
+skip whose reason does not name CUDA or a GPU is reported as a failure. Only the GPU-only paths
+may skip there (the CI machine has no GPU; they run in scripts/gpu_check.py when one is lent).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +24,45 @@ HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ALLOWED_CI_SKIP = re.compile(r"\bcuda\b|\bgpus?\b", re.I)  # the only skips CI accepts (module docstring)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    """The reason of a skipped report (pytest stores skips as (path, line, "Skipped: reason"))."""
+    lr = report.longrepr
+    return str(lr[2] if isinstance(lr, tuple) and len(lr) == 3 else lr).removeprefix("Skipped: ")
+
+
+def unexpected_skip(report: pytest.TestReport | pytest.CollectReport) -> str | None:
+    """In CI, the reason of a skip that is not a CUDA/GPU one (then the report is turned into a failure)."""
+    if not (in_ci() and report.skipped) or hasattr(report, "wasxfail"):
+        return None
+    reason = skip_reason(report)
+    return None if ALLOWED_CI_SKIP.search(reason) else reason
+
+
+def _fail_unexpected_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    reason = unexpected_skip(report)
+    if reason is not None:
+        report.outcome = "failed"
+        report.longrepr = f"unexpected skip in CI (only CUDA/GPU skips are allowed): {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_unexpected_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _fail_unexpected_skip(outcome.get_result())
 
 
 def tiny_corpus() -> list[str]:

@@ -124,9 +124,6 @@ def test_methods_lists_the_registry():
 
 
 def test_leaderboard_command(tiny_model_dir, data_dir, tmp_path):
-    tables = pytest.importorskip("repro.tables")
-    if not hasattr(tables, "leaderboard"):
-        pytest.skip("repro.tables.leaderboard not there yet")
     app, db = _app(), tmp_path / "results.db"
     assert runner.invoke(app, _eval_args(tiny_model_dir, db, data_dir, "--backend", "hf"), env=ENV).exit_code == 0
     for fmt in ("rich", "csv", "json", "markdown"):
@@ -173,7 +170,6 @@ def test_subprocess_kill_and_resume(tiny_model_dir, data_dir, tmp_path):
 
 def test_exported_lm_eval_tasks_load_offline(data_dir, monkeypatch):
     """`lm_eval --include_path repro/lmeval/tasks`, run from the data directory, sees our data and prompts."""
-    pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
 
     from benchmarks import load_benchmark

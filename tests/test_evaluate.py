@@ -95,7 +95,8 @@ def test_five_benchmarks_rows_and_reuse(vllm_generator, tiny_model_dir, data_dir
     for e in evals:
         assert e.metrics["n"] == 2 and e.metrics["n_problems"] == 3 and e.grader == grader.settings()
         assert e.sampling["n"] == 2 and e.sampling["stop"] == [] and e.wall_s > 0
-        assert results[e.benchmark]["avg@n"] == e.metrics["avg@n"]
+        assert results[e.benchmark] == e.metrics
+        _assert_metrics_match_sql(factory, e)
 
     # same call again: reused, no engine, no new rows
     results2 = evaluate_model(factory, run.id, str(tiny_model_dir), BENCHMARKS, data_dir=data_dir, protocol=PROTOCOL,
@@ -105,6 +106,29 @@ def test_five_benchmarks_rows_and_reuse(vllm_generator, tiny_model_dir, data_dir
     out = evaluate(factory, run.id, "math500", load_benchmark("math500", data_dir, 3), PROTOCOL,
                    lambda: pytest.fail("a reused evaluation must not build a generator"), grader, limit=3)
     assert out["reused"] and out["metrics"] == results["math500"]
+
+
+METRICS_SQL = {  # each stored metric recomputed from the evaluation's sample rows, independently of summarize()
+    "avg@n": "SELECT AVG(s) FROM (SELECT AVG(CAST(correct AS FLOAT)) AS s FROM samples WHERE evaluation_id = :e "
+             "GROUP BY problem_id)",
+    "pass@1": "SELECT AVG(CAST(correct AS FLOAT)) FROM samples WHERE evaluation_id = :e",
+    "pass@2": "SELECT AVG(s) FROM (SELECT MAX(CAST(correct AS FLOAT)) AS s FROM samples WHERE evaluation_id = :e "
+              "GROUP BY problem_id)",  # n = 2: pass@2 is "any of the two"
+    # cut at max_tokens or not sent at all (prompt longer than the context): both count as truncated
+    "truncation_rate": "SELECT AVG(CASE WHEN finish_reason IN ('length', 'prompt_too_long') THEN 1.0 ELSE 0.0 END) "
+                       "FROM samples "
+                       "WHERE evaluation_id = :e",
+    "n_problems": "SELECT COUNT(DISTINCT problem_id) FROM samples WHERE evaluation_id = :e",
+}
+
+
+def _assert_metrics_match_sql(factory, ev) -> None:
+    from sqlalchemy import text
+
+    with session_scope(factory) as s:
+        for key, sql in METRICS_SQL.items():
+            want = s.execute(text(sql), {"e": ev.id}).scalar()
+            assert ev.metrics[key] == pytest.approx(want), (ev.benchmark, key, ev.metrics[key], want)
 
 
 @pytest.mark.vllm

@@ -117,15 +117,25 @@ def test_second_invocation_reuses_everything(db_url, capsys, monkeypatch, offlin
     def boom(*a, **k):
         raise AssertionError("a reused plan must not train, evaluate or start a grader")
 
+    import repro.execute as execute_mod
     import repro.runs as runner
+    from harness.grading import Grader
+
+    started = []
+
+    class CountingGrader(Grader):  # the real execute runs; only grader starts are counted
+        def __init__(self, *a, **k):
+            started.append(1)
+            super().__init__(*a, **k)
 
     for name in ("train_method", "evaluate_run", "base_run"):
         monkeypatch.setattr(runner, name, boom)
-    monkeypatch.setattr(pipeline, "execute", lambda steps, *a, **k: [boom() for s in steps if s.action != "reuse"])
+    monkeypatch.setattr(execute_mod, "Grader", CountingGrader)
     first = pipeline.reproduce(table="main", preset="tiny", db=db_url, fmt="json")
     out1 = capsys.readouterr().out
     second = pipeline.reproduce(table="main", preset="tiny", db=db_url, fmt="json")
     out2 = capsys.readouterr().out
+    assert started == []  # a reused plan starts no grader (its worker processes)
     assert out1 == out2 and [r["method"] for r in json.loads(out1)["rows"]] == list(FIVE_METHODS)
     assert first.rows[0]["method"] == "base" and second.columns == first.columns
 

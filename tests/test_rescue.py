@@ -128,26 +128,79 @@ def test_planted_rescue_becomes_training_data_and_leak_is_excluded(tiny_model_di
         assert len(revised) == 4 and all(r.reward == 1.0 for r in revised)
 
 
-def test_resample_and_hint_match_latentrevise_compute(tiny_model_dir, db_url, tmp_path, grader):
-    stats = {}
-    for name, cfg, rescuer in (("latentrevise", LatentReviseConfig(**SMALL), rescue_latentrevise),
-                               ("resample", MatchedRescueConfig(**SMALL), rescue_resample),
-                               ("hint", HintConfig(**SMALL), rescue_hint)):
+def _budgets_and_spent(tiny_model_dir, res, cfg, prompt_for) -> list[tuple[str, float, float, int]]:
+    """(problem, budget, spent, prompt tokens) per zero-hit prompt: the matched budget recomputed from the
+    screening the run used (methods.resample.budgets), the FTE the outcome reports."""
+    from methods.latentrevise.mining import load_frozen_model
+    from methods.resample import budgets
+
+    model, tok = load_frozen_model(str(tiny_model_dir), "cpu")
+    zero = [sc for sc in res.screened if sc.zero_hit]
+    spent = {o.problem_id: o.fte for o in res.outcomes}
+    return [(sc.problem.id, b, spent[sc.problem.id], len(tok(prompt_for(sc, tok), add_special_tokens=False).input_ids))
+            for sc, b in zip(zero, budgets(zero, model, tok, cfg, "tiny-boxed"))]
+
+
+def test_resample_and_hint_spend_their_matched_budget_in_tokens(tiny_model_dir, db_url, tmp_path, grader):
+    """Matched compute per zero-hit prompt, in tokens (FTE): spent <= budget, and less than one more sample
+    short of it (a sample costs at most cont_max_tokens generated tokens)."""
+    from methods.hint import hinted_problem
+    from methods.latentrevise.mining import render_prompt
+
+    one_sample = SMALL["mine_max_tokens"]
+    plain = lambda sc, tok: sc.prompt_text
+    hinted = lambda sc, tok: render_prompt(hinted_problem(sc.problem.problem, sc.problem.answer, cfgs["hint"]),
+                                           "tiny-boxed", tok)
+    cfgs = {"resample": MatchedRescueConfig(**SMALL), "hint": HintConfig(**SMALL)}
+    for name, rescuer, prompt_for in (("resample", rescue_resample, plain), ("hint", rescue_hint, hinted)):
+        (tmp_path / name).mkdir()
         ctx = make_ctx(db_url, tmp_path / name, grader, lambda m: HFGenerator(m, None), name=name)
-        (tmp_path / name).mkdir(exist_ok=True)
-        stats[name] = mine(str(tiny_model_dir), PROBLEMS, cfg, ctx, rescuer, name).stats
-    keys = set(stats["latentrevise"])
-    assert all(set(s) == keys for s in stats.values())  # one statistics shape for the rescue table
-    assert {s["n_zero_hit"] for s in stats.values()} == {3}  # same screening (same seeds)
-    lr = stats["latentrevise"]["fte_per_zero_hit"]
-    per_sample = len(PROBLEMS[0].problem) + SMALL["mine_max_tokens"] + 20  # generous bound on one sample's cost
-    for name in ("resample", "hint"):
-        spent = stats[name]["fte_per_zero_hit"]
-        assert spent > 0
-        assert abs(spent - lr) < max(0.5 * lr, per_sample), (name, spent, lr)
-    # the hint baseline trains on the prompt WITHOUT the hint
-    with session_scope(open_db(db_url)) as s:
-        assert all("Hint" not in r.prompt for r in s.query(Rollout).all())
+        res = mine(str(tiny_model_dir), PROBLEMS, cfgs[name], ctx, rescuer, name)
+        rows = _budgets_and_spent(tiny_model_dir, res, cfgs[name], prompt_for)
+        assert len(rows) == 3  # a random model: every prompt is zero-hit
+        for pid, budget, spent, x in rows:
+            assert spent > x, (name, pid)  # at least one sample was drawn
+            assert spent <= budget and budget - spent < one_sample, (name, pid, budget, spent)
+
+
+RIGHT = " so 2 + 2 = 4. The answer is \\boxed{4}."
+
+
+class HintOnlyGenerator(PlantedGenerator):
+    """Answers correctly (with a worked step) only when the hint is in the prompt text; records the prompts."""
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer)
+        self.seen: list[str] = []
+
+    def generate(self, prompts, sampling, seeds=None, progress=False):
+        self.seen += list(prompts)
+        out = []
+        for p in prompts:
+            text = RIGHT if "Hint" in p else " 2 + 2 = 5. The answer is \\boxed{5}."
+            ids = self.tokenizer(text, add_special_tokens=False).input_ids
+            out.append([Completion(text, ids, "stop", 0) for _ in range(sampling.n)])
+        return out
+
+
+def test_hint_rescues_train_on_the_prompt_without_the_hint(tiny_model_dir, db_url, tmp_path, grader):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    gen = HintOnlyGenerator(tok)
+    ctx = make_ctx(db_url, tmp_path, grader, lambda m: gen, name="hint")
+    problems = [Problem("q0", "Compute 2 + 2.", "4")]
+    res = mine(str(tiny_model_dir), problems, HintConfig(**SMALL, budget_fte_per_prompt=60.0), ctx, rescue_hint,
+               "hint")
+    unhinted = "Problem: Compute 2 + 2.\nSolution:"
+    hinted = "Problem: Compute 2 + 2. (Hint: the final answer is 4.)\nSolution:"
+    assert gen.seen[0] == unhinted and gen.seen[1] == hinted
+    assert res.stats["n_zero_hit"] == 1 and res.stats["rescue_rate"] == 1.0  # rescued only thanks to the hint
+    n = len(res.outcomes[0].trajectories)
+    assert n >= 1 and res.pairs == [(unhinted, RIGHT)]
+    with session_scope(ctx.db) as s:
+        stored = s.query(Rollout).filter_by(run_id=ctx.run_id, source="hint").all()
+        assert len(stored) == n and {r.prompt for r in stored} == {unhinted}
 
 
 class PlantedEngine(PlantedGenerator):

@@ -252,18 +252,23 @@ def screen(problems: Sequence[Problem], generator, tokenizer, cfg: MiningConfig,
 
 
 def screened_from_rollouts(run_id: int, problems: Sequence[Problem], tokenizer, ctx) -> list[Screened]:
-    """Zero-hit groups stored by another run (e.g. GRPO) instead of sampling anew."""
+    """Zero-hit groups stored by another run (e.g. GRPO) instead of sampling anew: one per problem.
+
+    A problem that was zero-hit at several steps is one zero-hit prompt, not several: outcomes, rescue
+    rates and FTE per zero-hit prompt are keyed by problem (as LatentRevise's own screening is), so its
+    earliest zero-hit group stands for it (the one sampled closest to the base model that is revised)."""
     from harness.store import Rollout, session_scope
 
     by_id = {p.id: p for p in problems}
     with session_scope(ctx.db) as s:
         rows = s.query(Rollout).filter_by(run_id=run_id, source="policy", zero_hit_group=True) \
             .order_by(Rollout.step, Rollout.problem_id, Rollout.sample_index).all()
-        groups: dict[tuple[int, str], list[Rollout]] = {}
-        for r in rows:
-            groups.setdefault((r.step, r.problem_id), []).append(r)
+        groups: dict[str, list[Rollout]] = {}
+        for r in rows:  # step order: the first step seen for a problem is its earliest
+            if r.problem_id not in groups or groups[r.problem_id][0].step == r.step:
+                groups.setdefault(r.problem_id, []).append(r)
         out = []
-        for (_, pid), rs in groups.items():
+        for pid, rs in groups.items():
             p = by_id.get(pid) or Problem(pid, "", rs[0].gold)
             comps = [Completion(r.completion, tokenizer(r.completion, add_special_tokens=False).input_ids, "stop", 0)
                      for r in rs]
