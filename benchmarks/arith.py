@@ -9,10 +9,10 @@ family has the same shape at a size a 0.5M-parameter model learns on a CPU in mi
 Difficulty comes from the number of operations, digits, carries, parentheses and multiplication
 by a digit, and the phrasing: in the medium and hard tiers 30 % of the +/- chains and
 multiplications are short stories ("Ana has 23 apples. Then Ana gets 45 more. ...", `WORD_PROB`);
-the rest read "Compute {e}.". Changing either changes every split's texts. The tiers are a mix on purpose: a tiny base model solves
-1-2 digit addition chains most of the time and 3-digit / multiplication / parenthesized ones
-rarely, so `arith-hard` and part of `arith-train` hold zero-hit prompts (every sample wrong)
-that are still solvable now and then - the regime the paper is about.
+the rest read "Compute {e}.". Changing either changes every split's texts. The tiers are a mix
+on purpose: a tiny base model solves 1-2 digit addition chains most of the time and 3-digit /
+multiplication / parenthesized ones rarely, so `arith-hard` and part of `arith-train` hold
+zero-hit prompts (every sample wrong) that are still solvable now and then - the regime the paper is about.
 
 Splits are disjoint by construction: a problem's split is a hash of its canonical expression
 (`meta["expr"]`), so an expression never appears in two splits, whatever its phrasing or seed.
@@ -269,7 +269,7 @@ def generate(split: str, tiers: tuple[str, ...], n: int, seed: int, prefix: str)
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLIT_BUCKETS)}")
     rng = random.Random(f"arith/{split}/{seed}")
     problems, seen = [], set()
-    for attempt in range(n * 2000):
+    for _attempt in range(n * 2000):
         if len(problems) == n:
             return problems
         tier = tiers[len(problems) % len(tiers)]

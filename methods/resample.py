@@ -53,15 +53,24 @@ def budgets(zero_hit: Sequence[Screened], model, tokenizer, cfg: MatchedRescueCo
     return predicted_lr_fte(zero_hit, reviser, cfg, tokenizer, template)
 
 
-def n_samples(budget: float, prompt_len: int, sc: Screened) -> int:
-    """Samples of one request that fit `budget`: the prompt once, then the screening rollouts' mean length each."""
-    mean_len = max(1.0, sum(len(c.token_ids) for c in sc.rollouts) / max(1, len(sc.rollouts)))
+def n_samples(budget: float, prompt_len: int, sc: Screened, given: int = 0) -> int:
+    """Samples of one request that fit `budget`: the prompt once, then the screening rollouts' mean length each
+    (less the `given` tokens of a solution prefix that the prompt already holds: guided-prefix)."""
+    mean_len = max(1.0, sum(len(c.token_ids) for c in sc.rollouts) / max(1, len(sc.rollouts)) - given)
     return max(1, int((budget - prompt_len) // mean_len))
 
 
+MODES = {"resample": "sample", "hint": "hint", "guided-prefix": "guided"}  # source -> Trajectory.mode
+
+
 def sample_and_verify(zero_hit: Sequence[Screened], prompts: Sequence[str], counts: Sequence[int], generator,
-                      tokenizer, cfg: MatchedRescueConfig, ctx, source: str, step: int) -> list[RescueOutcome]:
-    """counts[i] samples of prompts[i] (grouped by count: one generate call each), graded against gold."""
+                      tokenizer, cfg: MatchedRescueConfig, ctx, source: str, step: int,
+                      heads: Sequence[str] | None = None) -> list[RescueOutcome]:
+    """counts[i] samples of prompts[i] (grouped by count: one generate call each), graded against gold.
+
+    heads[i]: text that prompts[i] ends with and that belongs to the response (guided-prefix's solution
+    prefix): it is graded, checked and trained on together with each sample (default: none)."""
+    heads = list(heads) if heads is not None else [""] * len(zero_hit)
     by_n: dict[int, list[int]] = defaultdict(list)
     for i, n in enumerate(counts):
         by_n[n].append(i)
@@ -74,7 +83,7 @@ def sample_and_verify(zero_hit: Sequence[Screened], prompts: Sequence[str], coun
         for i, cs in zip(idx, generator.generate([prompts[i] for i in idx], sampling, seeds=seeds,
                                                  progress=ctx.progress)):
             outs[i] = cs
-    pairs = [(c.text, zero_hit[i].problem.answer) for i in range(len(zero_hit)) for c in outs[i]]
+    pairs = [(heads[i] + c.text, zero_hit[i].problem.answer) for i in range(len(zero_hit)) for c in outs[i]]
     verdicts = iter(ctx.grader.grade(pairs) if pairs else [])
     outcomes = []
     for i, sc in enumerate(zero_hit):
@@ -82,11 +91,13 @@ def sample_and_verify(zero_hit: Sequence[Screened], prompts: Sequence[str], coun
         o = RescueOutcome(sc.problem.id, sampling_fte(x, outs[i]), [])
         for c in outs[i]:
             if next(verdicts).correct:
-                leak = bare_restatement("", c.text, sc.problem.answer, cfg.leak_min_words) or \
+                text = heads[i] + c.text
+                leak = bare_restatement(heads[i], c.text, sc.problem.answer, cfg.leak_min_words) or \
                     (source == "hint" and "hint" in c.text.lower())
-                o.trajectories.append(Trajectory(sc.problem.id, sc.prompt_text, c.text, sc.problem.answer, source,
-                                                 "sample" if source == "resample" else "hint", True, leak,
-                                                 len(c.token_ids), valid_steps=step_verdict(c.text, sc.problem, cfg)))
+                given = len(tokenizer(heads[i], add_special_tokens=False).input_ids) if heads[i] else 0
+                o.trajectories.append(Trajectory(sc.problem.id, sc.prompt_text, text, sc.problem.answer, source,
+                                                 MODES.get(source, source), True, leak, given + len(c.token_ids),
+                                                 valid_steps=step_verdict(text, sc.problem, cfg)))
         outcomes.append(o)
     return outcomes
 

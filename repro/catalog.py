@@ -15,7 +15,7 @@ from typing import Any
 from repro.presets import Preset
 
 MAIN_METHODS = ("sft", "grpo", "lr-sft", "lr-grpo")
-RESCUE_METHODS = ("lr-sft", "resample", "hint")  # the rescue comparison: LatentRevise vs resample vs hint
+RESCUE_METHODS = ("lr-sft", "resample", "hint", "guided-prefix")  # LatentRevise vs resample, hint, guided-prefix
 LATENTREVISE_METHOD = "lr-sft"  # whose config the ablations vary
 ROW_ORDER = ("base", *MAIN_METHODS)  # the paper's row order; other methods follow
 BASELINE = {"lr-sft": "sft", "lr-grpo": "grpo"}  # everything else is compared with "base"

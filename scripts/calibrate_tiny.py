@@ -6,9 +6,10 @@ For each seed: pretraining wall time and tokens/s (from pretrain.json), base acc
 arith-easy/-medium/-hard (the preset's eval protocol: temperature 1.0, top-p 1.0, through vLLM),
 the fraction of arith-train prompts that are zero-hit at n (every sample wrong), and the fraction of
 those that a larger n finds an answer for (rare but possible, i.e. not impossible), and the share of
-samples that reflect ("Wait", the reflection documents of benchmarks/arith.py) with their mean length. Scoring uses
-`harness.grading.Grader` (disagreements with `last_boxed` equality are counted), or with
-`--scorer last_boxed` exact equality of the last box with the integer gold. Prints a Markdown table and writes everything to a JSON file.
+samples that reflect ("Wait", the reflection documents of benchmarks/arith.py) with their mean length.
+Scoring uses `harness.grading.Grader` (disagreements with `last_boxed` equality are counted), or with
+`--scorer last_boxed` exact equality of the last box with the integer gold. Prints a Markdown table and
+writes everything to a JSON file.
 """
 
 from __future__ import annotations
