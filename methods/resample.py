@@ -88,9 +88,10 @@ def sample_and_verify(zero_hit: Sequence[Screened], prompts: Sequence[str], coun
     outcomes = []
     for i, sc in enumerate(zero_hit):
         x = len(tokenizer(prompts[i], add_special_tokens=False).input_ids)
-        o = RescueOutcome(sc.problem.id, sampling_fte(x, outs[i]), [])
+        o = RescueOutcome(sc.problem.id, sampling_fte(x, outs[i]), [], n_samples=len(outs[i]))
         for c in outs[i]:
             if next(verdicts).correct:
+                o.n_correct += 1
                 text = heads[i] + c.text
                 leak = bare_restatement(heads[i], c.text, sc.problem.answer, cfg.leak_min_words) or \
                     (source == "hint" and "hint" in c.text.lower())

@@ -45,6 +45,16 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
              "gradient steps + nearest-token projection"),
     Ablation("prefix-mode", "train_prefix", ("discrete", "latent"), "training data continues from the discrete "
              "prefix p' or from the latent prefix", trains=True),
+    # issue 13.5: the new mechanism's choices (methods/latentrevise/core.py documents each value's effect on p')
+    Ablation("step-rule", "step_rule", ("gap-topm", "gcg", "harmonic", "const"), "Frank-Wolfe step rule (gap-topm: "
+             "the largest-gap positions move; gcg: true-objective single flips; harmonic / const: every position)"),
+    Ablation("discretize", "discretize", ("max-weight", "nearest", "sample"), "how p' is read off Z (heaviest "
+             "vertex, nearest embedding row, or sampled from the convex weights)"),
+    Ablation("objective", "objective", ("gold-after-prefix", "gold-in-rollout", "self-contrast", "fluency"),
+             "revision objective (core.py: the two gradients of each)"),
+    Ablation("keep-best", "keep_best", (True, False), "return the iterate with the lowest objective among 0..K "
+             "(True) or the K-th (False)"),
+    Ablation("away-weight", "away_weight", (0.0, 0.5, 1.0, 2.0), "weight of the away term (0: toward only)"),
 )}
 # Ablations that do not train measure rescue only: lr-sft mines and revises, then takes 0 SFT steps.
 MINING_ONLY = {"max_steps": 0}
