@@ -343,7 +343,7 @@ def test_guided_prefix_continues_from_the_reference_prefix_at_the_matched_budget
     from transformers import AutoTokenizer
 
     from methods.guided_prefix import GuidedPrefixConfig, guide_text, rescue_guided_prefix
-    from methods.latentrevise.mining import Screened, sampling_fte
+    from methods.latentrevise.mining import Screened, rescue_stats, sampling_fte
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     solution = "12 + 9 = 21. 21 + 5 = 26. The answer is \\boxed{26}."
@@ -377,6 +377,11 @@ def test_guided_prefix_continues_from_the_reference_prefix_at_the_matched_budget
     assert t.tokens == g + cont
     assert o_guided.fte == sampling_fte(xg, [Completion("", [0] * cont, "stop", 0)] * n_guided)
     assert o_plain.fte == x + n_plain * len(tok(wrong.text, add_special_tokens=False).input_ids)
+    # the per-prompt counts the paired tables read (free-sample accuracy, rescued)
+    assert (o_guided.n_samples, o_guided.n_correct, o_plain.n_samples, o_plain.n_correct) == (n_guided, n_guided,
+                                                                                              n_plain, 0)
+    per = rescue_stats("guided-prefix", zero, out)["per_prompt"]
+    assert per["g1"] == {"n": n_plain, "correct": 0, "fte": o_plain.fte, "rescued": False}
     with pytest.raises(ValueError, match="guide_frac"):
         GuidedPrefixConfig(guide_frac=1.0)
 
