@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 BASE = {"mine_samples": 8, "mine_max_tokens": 96, "failed_per_prompt": 1, "cont_samples": 8, "prefix_frac": 0.3,
-        "fw_steps": 3, "step_rule": "gap-topm", "flip_positions": 1, "fluency_weight": 0.0}  # each config adds its own
+        "fw_steps": 3, "step_rule": "gap-topm", "flip_positions": 1, "fluency_weight": 0.0,
+        "objective": "gold-in-rollout"}  # each config adds its own (fluency needs fluency_weight > 0: not the base)
 CONFIGS: dict[str, dict[str, Any]] = {
     "K0": {"fw_steps": 0},
     "old-tiny": {"objective": "gold-after-prefix", "step_rule": "const", "step_const": 0.1},
@@ -269,7 +270,8 @@ def main() -> None:
         if name == (a.examples_from or name):
             example_rows = examples(db, run.id)
     print(table(rows))
-    base_rows = baseline_rows(zero, model, tok, gen, base, ctx, control) if a.baselines else []
+    matched = {**base, **configs[next(iter(configs))]}  # budgets matched to the first configuration's LatentRevise
+    base_rows = baseline_rows(zero, model, tok, gen, matched, ctx, control) if a.baselines else []
     for r in base_rows:
         print(json.dumps(r), flush=True)
     if example_rows:
