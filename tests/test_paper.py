@@ -159,7 +159,8 @@ def test_all_tables_known():
     assert [s.method for s in plan.table_steps("reference", PAPER)] == ["base"]
     assert plan.table_steps("reference", TINY) == []  # nothing published for the tiny model
     rescue = plan.table_steps("rescue", TINY)
-    assert [s.method for s in rescue] == ["lr-sft", "resample", "hint"] and not any(s.evaluate for s in rescue)
+    assert [s.method for s in rescue] == ["lr-sft", "resample", "hint", "guided-prefix"]
+    assert not any(s.evaluate for s in rescue)
     assert rescue[0].overrides == {} and rescue[1].overrides == catalog.MINING_ONLY
     assert dataclasses.is_dataclass(plan.Step)
 
