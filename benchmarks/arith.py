@@ -9,14 +9,28 @@ family has the same shape at a size a 0.5M-parameter model learns on a CPU in mi
 Difficulty comes from the number of operations, digits, carries, parentheses and multiplication
 by a digit, and the phrasing: in the medium and hard tiers 30 % of the +/- chains and
 multiplications are short stories ("Ana has 23 apples. Then Ana gets 45 more. ...", `WORD_PROB`);
-the rest read "Compute {e}.". Changing either changes every split's texts. The tiers are a mix on purpose: a tiny base model solves
-1-2 digit addition chains most of the time and 3-digit / multiplication / parenthesized ones
-rarely, so `arith-hard` and part of `arith-train` hold zero-hit prompts (every sample wrong)
-that are still solvable now and then - the regime the paper is about.
+the rest read "Compute {e}.". Changing either changes every split's texts. The tiers are a mix
+on purpose: a tiny base model solves 1-2 digit addition chains most of the time and 3-digit /
+multiplication / parenthesized ones rarely, so `arith-hard` and part of `arith-train` hold
+zero-hit prompts (every sample wrong) that are still solvable now and then - the regime the paper is about.
 
 Splits are disjoint by construction: a problem's split is a hash of its canonical expression
 (`meta["expr"]`), so an expression never appears in two splits, whatever its phrasing or seed.
 Eval tiers take buckets 0-1 of 20, training prompts 2-3, the pretraining corpus 4-19.
+
+Reflection documents (issue 13.6). The paper reports that revised continuations grow longer and
+reflect on themselves; a corpus without any self-correction cannot show that. So a share
+`reflect_frac` of the pretraining documents (0 by default here; the tiny base model's
+PretrainConfig sets it) is a worked solution that slips once and corrects itself:
+
+    Solution: 23 + 45 = 69. Wait, let me check: 23 + 45 = 68. 68 * 3 = ... The answer is \\boxed{204}.
+
+One step (chosen at random) first states a wrong result (`_slip`: off by 1 or 10, or one digit
+changed, never negative), then `REFLECT_PHRASE` and the step again, right; later steps use the
+right value and the boxed answer is the right one. methods/latentrevise/verify.py counts the slip
+as RETRACTED (a false chain followed by the phrase), so the document's steps are valid. The
+reflection documents come from their own random stream: with `reflect_frac=0` the corpus is the
+same document for document as before the option existed.
 """
 
 from __future__ import annotations
@@ -206,6 +220,29 @@ def solution_text(item: Item) -> str:
     return " ".join(item.steps) + f" The answer is \\boxed{{{item.answer}}}."
 
 
+REFLECT_PHRASE = "Wait, let me check: "  # verify.py's _REFLECT recognizes it after a false chain
+
+
+def _slip(value: int, rng: random.Random) -> int:
+    """A plausible wrong result for `value`: off by 1 or 10, or one digit changed; >= 0 and != value."""
+    digits = str(value)
+    i = rng.randrange(len(digits))
+    allowed = [d for d in "0123456789" if d != digits[i] and not (d == "0" and i == 0 and len(digits) > 1)]
+    changed = digits[:i] + rng.choice(allowed) + digits[i + 1:]  # no leading zero
+    options = [v for v in (value + 1, value - 1, value + 10, value - 10, int(changed)) if v >= 0 and v != value]
+    return rng.choice(options)
+
+
+def reflection_text(item: Item, rng: random.Random) -> str:
+    """A worked solution that slips at one step, notices it (`REFLECT_PHRASE`) and redoes the step right."""
+    i = rng.randrange(len(item.steps))
+    step = item.steps[i]
+    head, value = step[: step.rfind("= ") + 2], int(step[step.rfind("= ") + 2:].rstrip("."))
+    wrong = f"{head}{_slip(value, rng)}."
+    steps = [*item.steps[:i], wrong, REFLECT_PHRASE + step, *item.steps[i + 1:]]
+    return " ".join(steps) + f" The answer is \\boxed{{{item.answer}}}."
+
+
 def split_of(expr: str) -> str:
     bucket = int.from_bytes(hashlib.sha256(expr.encode()).digest()[:4], "little") % N_BUCKETS
     return next(name for name, buckets in SPLIT_BUCKETS.items() if bucket in buckets)
@@ -232,7 +269,7 @@ def generate(split: str, tiers: tuple[str, ...], n: int, seed: int, prefix: str)
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLIT_BUCKETS)}")
     rng = random.Random(f"arith/{split}/{seed}")
     problems, seen = [], set()
-    for attempt in range(n * 2000):
+    for _attempt in range(n * 2000):
         if len(problems) == n:
             return problems
         tier = tiers[len(problems) % len(tiers)]
@@ -254,17 +291,25 @@ def format_document(problem: Problem) -> str:
 
 
 def pretrain_corpus(n_docs: int, seed: int = 0,
-                    mix: tuple[tuple[str, float], ...] = (("easy", 1.0), ("medium", 1.0), ("hard", 1.0))
-                    ) -> list[str]:
-    """`n_docs` documents from the corpus split (disjoint from eval and train; repeats allowed)."""
+                    mix: tuple[tuple[str, float], ...] = (("easy", 1.0), ("medium", 1.0), ("hard", 1.0)),
+                    reflect_frac: float = 0.0) -> list[str]:
+    """`n_docs` documents from the corpus split (disjoint from eval and train; repeats allowed); each is a
+    reflection document (module docstring) with probability `reflect_frac`, drawn from its own stream."""
+    if not 0.0 <= reflect_frac <= 1.0:
+        raise ValueError(f"reflect_frac must be in [0, 1], got {reflect_frac}")
     rng = random.Random(f"arith/corpus/{seed}")
+    reflect_rng = random.Random(f"arith/corpus-reflect/{seed}")
     tiers, weights = zip(*mix)
     docs = []
     while len(docs) < n_docs:
         tier = rng.choices(tiers, weights=weights)[0]
         item, text, word = _make(tier, rng)
-        if split_of(item.expr) == "corpus":
-            docs.append(format_document(_to_problem("corpus", tier, item, text, word)))
+        if split_of(item.expr) != "corpus":
+            continue
+        problem = _to_problem("corpus", tier, item, text, word)
+        if reflect_frac and reflect_rng.random() < reflect_frac:
+            problem.meta["solution"] = reflection_text(item, reflect_rng)
+        docs.append(format_document(problem))
     return docs
 
 

@@ -23,7 +23,7 @@ ENTRY_POINT_GROUP = "latentrevise.methods"
 BUILTIN: dict[str, str] = {
     "sft": "methods.sft", "grpo": "methods.grpo",
     "lr-sft": "methods.latentrevise.methods", "lr-grpo": "methods.latentrevise.methods",
-    "resample": "methods.resample", "hint": "methods.hint",
+    "resample": "methods.resample", "hint": "methods.hint", "guided-prefix": "methods.guided_prefix",
 }
 
 _REGISTRY: dict[str, type] = {}

@@ -73,6 +73,9 @@ def _draw(zero_hit: Sequence[Screened], prompts: Sequence[str], counts: dict[int
           source: str, step: int, rnd: int) -> dict[int, list]:
     """counts[i] samples of prompts[i], grouped by count (one generate call each); round 0 keeps the seeds of
     a single request, later rounds get their own."""
+
+
+MODES = {"resample": "sample", "hint": "hint", "guided-prefix": "guided"}  # source -> Trajectory.mode
     by_n: dict[int, list[int]] = defaultdict(list)
     for i, n in counts.items():
         by_n[n].append(i)
@@ -100,25 +103,33 @@ def _top_up(outs: dict[int, list], budgets: Sequence[float], xs: Sequence[int], 
 
 def sample_and_verify(zero_hit: Sequence[Screened], prompts: Sequence[str], counts: Sequence[int], generator,
                       tokenizer, cfg: MatchedRescueConfig, ctx, source: str, step: int,
-                      budgets: Sequence[float] | None = None) -> list[RescueOutcome]:
-    """counts[i] samples of prompts[i], topped up to budgets[i] when given, graded against gold."""
+                      budgets: Sequence[float] | None = None, heads: Sequence[str] | None = None
+                      ) -> list[RescueOutcome]:
+    """counts[i] samples of prompts[i], topped up to budgets[i] when given, graded against gold.
+
+    heads[i]: text that prompts[i] ends with and that belongs to the response (guided-prefix's solution
+    prefix): it is graded, checked and trained on together with each sample (default: none)."""
+    heads = list(heads) if heads is not None else [""] * len(zero_hit)
     draw = lambda cs, rnd: _draw(zero_hit, prompts, cs, generator, cfg, ctx, source, step, rnd)
     outs = draw(dict(enumerate(counts)), 0)
     xs = [len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
     if budgets is not None:
         _top_up(outs, budgets, xs, draw, sample_cap(cfg))
-    pairs = [(c.text, zero_hit[i].problem.answer) for i in range(len(zero_hit)) for c in outs[i]]
+    pairs = [(heads[i] + c.text, zero_hit[i].problem.answer) for i in range(len(zero_hit)) for c in outs[i]]
     verdicts = iter(ctx.grader.grade(pairs) if pairs else [])
     outcomes = []
     for i, sc in enumerate(zero_hit):
-        o = RescueOutcome(sc.problem.id, sampling_fte(xs[i], outs[i]), [])
+        o = RescueOutcome(sc.problem.id, sampling_fte(xs[i], outs[i]), [], n_samples=len(outs[i]))
         for c in outs[i]:
             if next(verdicts).correct:
-                leak = bare_restatement("", c.text, sc.problem.answer, cfg.leak_min_words) or \
+                o.n_correct += 1
+                text = heads[i] + c.text
+                leak = bare_restatement(heads[i], c.text, sc.problem.answer, cfg.leak_min_words) or \
                     (source == "hint" and "hint" in c.text.lower())
-                o.trajectories.append(Trajectory(sc.problem.id, sc.prompt_text, c.text, sc.problem.answer, source,
-                                                 "sample" if source == "resample" else "hint", True, leak,
-                                                 len(c.token_ids), valid_steps=step_verdict(c.text, sc.problem, cfg)))
+                given = len(tokenizer(heads[i], add_special_tokens=False).input_ids) if heads[i] else 0
+                o.trajectories.append(Trajectory(sc.problem.id, sc.prompt_text, text, sc.problem.answer, source,
+                                                 MODES.get(source, source), True, leak, given + len(c.token_ids),
+                                                 valid_steps=step_verdict(text, sc.problem, cfg)))
         outcomes.append(o)
     return outcomes
 

@@ -15,7 +15,7 @@ from typing import Any
 from repro.presets import Preset
 
 MAIN_METHODS = ("sft", "grpo", "lr-sft", "lr-grpo")
-RESCUE_METHODS = ("lr-sft", "resample", "hint")  # the rescue comparison: LatentRevise vs resample vs hint
+RESCUE_METHODS = ("lr-sft", "resample", "hint", "guided-prefix")  # LatentRevise vs resample, hint, guided-prefix
 LATENTREVISE_METHOD = "lr-sft"  # whose config the ablations vary
 ROW_ORDER = ("base", *MAIN_METHODS)  # the paper's row order; other methods follow
 BASELINE = {"lr-sft": "sft", "lr-grpo": "grpo"}  # everything else is compared with "base"
@@ -45,6 +45,16 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
              "gradient steps + nearest-token projection"),
     Ablation("prefix-mode", "train_prefix", ("discrete", "latent"), "training data continues from the discrete "
              "prefix p' or from the latent prefix", trains=True),
+    # issue 13.5: the new mechanism's choices (methods/latentrevise/core.py documents each value's effect on p')
+    Ablation("step-rule", "step_rule", ("gap-topm", "gcg", "harmonic", "const"), "Frank-Wolfe step rule (gap-topm: "
+             "the largest-gap positions move; gcg: true-objective single flips; harmonic / const: every position)"),
+    Ablation("discretize", "discretize", ("max-weight", "nearest", "sample"), "how p' is read off Z (heaviest "
+             "vertex, nearest embedding row, or sampled from the convex weights)"),
+    Ablation("objective", "objective", ("gold-after-prefix", "gold-in-rollout", "self-contrast", "fluency"),
+             "revision objective (core.py: the two gradients of each)"),
+    Ablation("keep-best", "keep_best", (True, False), "return the iterate with the lowest objective among 0..K "
+             "(True) or the K-th (False)"),
+    Ablation("away-weight", "away_weight", (0.0, 0.5, 1.0, 2.0), "weight of the away term (0: toward only)"),
 )}
 # Ablations that do not train measure rescue only: lr-sft mines and revises, then takes 0 SFT steps.
 MINING_ONLY = {"max_steps": 0}

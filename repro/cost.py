@@ -4,10 +4,11 @@
 
 generated_tokens = prompts x samples x mean completion length (MEAN_COMPLETION_FRAC x max_tokens);
 trained_tokens = tokens that get a forward and backward pass (policy updates, SFT examples,
-Frank-Wolfe steps on a prefix). The per-method counts come from `estimate_tokens`, which reads
+Frank-Wolfe steps on a prefix, at 2/3: frozen weights). The per-method counts come from `estimate_tokens`, which reads
 the run's BUILT config (the preset's composed method config plus the plan's overrides, as the
 run will use it; one function per method family): lr-grpo's budget is grpo's plus the online
-revisions of its zero-hit groups, lr-sft's is sft's plus the offline mining pass. Every assumption
+revisions of its zero-hit groups, lr-sft's is sft's plus the offline mining pass (every continuation arm
+counted: `continuation_arms`), and the matched baselines spend lr-sft's revision FTE on sampling. Every assumption
 is printed with the estimate (`assumptions`). Dataset sizes are counted in the local data directory
 when there is one and taken from the published sizes otherwise, so the estimate needs no network.
 """
@@ -36,7 +37,8 @@ def params_b(model: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def dataset_size(name: str, data_dir: str | None, filt: dict | None = None, limit: int | None = None) -> tuple[int, str]:
+def dataset_size(name: str, data_dir: str | None, filt: dict | None = None,
+                 limit: int | None = None) -> tuple[int, str]:
     """(problems, where the count comes from): the local file when there is one, never the hub."""
     from benchmarks.registry import load_benchmark, resolve_data_dir
 
@@ -90,15 +92,38 @@ def _sft_tokens(cfg: Any, n_train: int, frac: float, count: TokenCount) -> None:
     count.how.append(f"{seen:,.0f} examples x {PROMPT_TOKENS + resp:.0f} tok")
 
 
+def continuation_arms(cfg: Any) -> int:
+    """Continuation arms one revision samples (methods/latentrevise/mining.py): the K=0 control always; the
+    discrete arm (cont_modes discrete|both); the latent arm (latent|both) unless the step rule keeps Z a vertex,
+    when it repeats the discrete arm and is deduplicated (mining._latent_can_differ). At K=0 only the control is
+    sampled. An upper bound otherwise: a discrete arm whose p' = p is deduplicated too, a share known only after
+    the run (`p_changed_frac`)."""
+    from methods.latentrevise.mining import _latent_can_differ
+
+    if getattr(cfg, "fw_steps", 10) == 0:
+        return 1
+    modes = getattr(cfg, "cont_modes", "both")
+    return 1 + (modes in ("discrete", "both")) + (modes in ("latent", "both") and _latent_can_differ(cfg))
+
+
 def _revision_tokens(cfg: Any, revisions: float, length: float, count: TokenCount) -> None:
     """Frank-Wolfe revisions of failed rollouts of mean length `length`, and the continuations that verify them
-    (each as long as the rest of the rollout it replaces)."""
+    (each as long as the rest of the rollout it replaces), in every arm (`continuation_arms`).
+
+    A Frank-Wolfe step is a forward plus an input-gradient backward with frozen weights (4P FLOPs a token, core.py's
+    2 FTE) = 2/3 of a trained token (6P). The matched-compute baselines (resample, hint, guided-prefix: configs with
+    `budget_fte_per_prompt`) spend the same FTE on sampling instead: the continuations plus 2 generated tokens per
+    Frank-Wolfe row token, and train nothing here."""
     prefix = min(getattr(cfg, "prefix_max_tokens", 256) or length, getattr(cfg, "prefix_frac", 0.5) * length)
     away = min(getattr(cfg, "away_max_tokens", 128) or length, length - prefix)
-    # as computed, not as useful: Z runs in both the gold and the away row
-    count.trained += revisions * getattr(cfg, "fw_steps", 10) * 2 * (prefix + GOLD_TOKENS + away)
-    modes = 2 if getattr(cfg, "cont_modes", "both") == "both" else 1
-    count.generated += revisions * modes * getattr(cfg, "cont_samples", 4) * (length - prefix)
+    rows = 2 if getattr(cfg, "loss_terms", "both") == "both" else 1  # toward and away rows, each with Z
+    fw = revisions * getattr(cfg, "fw_steps", 10) * rows * (prefix + GOLD_TOKENS + away)
+    continuations = revisions * continuation_arms(cfg) * getattr(cfg, "cont_samples", 4) * (length - prefix)
+    if hasattr(cfg, "budget_fte_per_prompt"):
+        count.generated += continuations + 2 * fw
+    else:
+        count.trained += fw * 2 / 3
+        count.generated += continuations
 
 
 def _mining_tokens(cfg: Any, n_train: int, frac: float, count: TokenCount) -> None:
@@ -109,8 +134,10 @@ def _mining_tokens(cfg: Any, n_train: int, frac: float, count: TokenCount) -> No
     count.generated += n_mine * getattr(cfg, "mine_samples", 8) * length
     revisions = n_mine * ZERO_HIT_FRAC * getattr(cfg, "failed_per_prompt", 2)
     _revision_tokens(cfg, revisions, length, count)
-    count.how.append(f"mining {n_mine} x {getattr(cfg, 'mine_samples', 8)} samples; {revisions:,.0f} revisions x "
-                     f"K={getattr(cfg, 'fw_steps', 10)} (zero-hit share {ZERO_HIT_FRAC} assumed)")
+    what = "matched sampling budget of" if hasattr(cfg, "budget_fte_per_prompt") else ""
+    count.how.append(f"mining {n_mine} x {getattr(cfg, 'mine_samples', 8)} samples; {what} {revisions:,.0f} revisions"
+                     f" x K={getattr(cfg, 'fw_steps', 10)}, {continuation_arms(cfg)} continuation arms (zero-hit share "
+                     f"{ZERO_HIT_FRAC} assumed)".replace("  ", " "))
 
 
 def _online_revision_tokens(cfg: Any, frac: float, count: TokenCount) -> None:
@@ -179,7 +206,9 @@ def assumptions(preset: Preset, data_dir: str | None) -> list[str]:
         f"{MEAN_COMPLETION_FRAC * preset.eval.max_tokens:.0f}); prompt prefill ignored in generation; SFT examples "
         f"{PROMPT_TOKENS} prompt tokens + {MEAN_COMPLETION_FRAC} x max_len; zero-hit share {ZERO_HIT_FRAC}",
         "each run's tokens from its built config (the preset's composed method config + the plan's overrides); "
-        f"a Frank-Wolfe step counts as a forward + backward over the gold and the away row, each with the prefix "
-        f"(+{GOLD_TOKENS} gold tokens), i.e. as computed, not as useful",
+        f"a Frank-Wolfe step counts as a forward + input-gradient backward (2/3 of a trained token) over the gold and "
+        f"the away row, each with the prefix (+{GOLD_TOKENS} gold tokens), i.e. as computed, not as useful; "
+        "continuations in every arm sampled (K=0 control, discrete, latent unless Z stays a vertex); the matched "
+        "baselines (resample, hint, guided-prefix) spend the same FTE on sampling",
         f"dataset sizes: {sizes}",
     ]

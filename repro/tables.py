@@ -2,8 +2,10 @@
 
     main_table(factory, preset)      one row per method: avg@n [95% CI], pass@k, delta vs baseline (paired test)
     leaderboard(factory)             one row per (method, model, preset): latest finished run, every benchmark
-    rescue_table(factory, preset)    zero-hit prompts and the rescue comparison (LatentRevise vs resample vs hint)
-    ablation_table(...)              rescue rate (and accuracy) per value of one LatentRevise config field
+    rescue_table(factory, preset)    zero-hit prompts and the rescue comparison (LatentRevise vs resample, hint,
+                                     guided-prefix): rescue rate, FTE and seconds per rescued prompt, free-continuation
+                                     accuracy revised vs unrevised (paired), and the conditioning/revision decomposition
+    ablation_table(...)              the same per value of one LatentRevise config field (+ accuracy if trained)
 
 The numbers come from repro/scores.py (queries and statistics); what the rows are (methods,
 order, baselines) from repro/catalog.py. This module only arranges them into cells, rows and the
@@ -16,9 +18,10 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from harness.store import Run, session_scope
+from harness.store import Revision, Run, session_scope
 from repro.catalog import BASELINE, LATENTREVISE_METHOD, baseline_of
 from repro.presets import Preset
 from repro.render import Cell, TableData, format_pct
@@ -181,7 +184,8 @@ def _rescue_row(run: Run, label: str, a: dict[str, Any]) -> dict[str, Any]:
                                   {"rate": a["rate"], "ci_lo": lo, "ci_hi": hi,
                                    "clean_rate": a["rescued_clean"] / a["zero_hit"]})
     if a["fte_per_rescued"] is not None:
-        row["FTE / rescued"] = Cell(f"{a['fte_per_rescued']:,.0f}", {"fte": a["fte_per_rescued"], "fte_total": a["fte"]})
+        row["FTE / rescued"] = Cell(f"{a['fte_per_rescued']:,.0f}",
+                                    {"fte": a["fte_per_rescued"], "fte_total": a["fte"]})
         row["s / rescued"] = round(a["wall_s"] / a["rescued"], 2)
     for key, col in (("len_before", "length before"), ("len_after", "length after"),
                      ("markers_before", "markers before"), ("markers_after", "markers after")):
@@ -191,25 +195,136 @@ def _rescue_row(run: Run, label: str, a: dict[str, Any]) -> dict[str, Any]:
 
 
 RESCUE_COLUMNS = ["method", "run", "source", "prompts screened", "zero-hit", "rescued", "rescue rate", "FTE / rescued",
-                  "s / rescued", "length before", "length after", "markers before", "markers after"]
+                  "s / rescued", "free acc", "free acc from p", "paired Δ [95% CI]", "Δ rescue vs resample",
+                  "length before", "length after", "markers before", "markers after"]
+REVISED_ARMS = ("discrete", "latent")  # the first one a run sampled is its "revised" arm (mining.py's arms)
+CONTROL_ARM = "unrevised"  # the K=0 arm: continuations of the unrevised prefix p, same seeds
+RESAMPLE_METHOD = "resample"
+
+
+def arm_accuracy(s: Session, run: Run) -> dict[str, dict[str, float]]:
+    """arm -> problem id -> accuracy of the arm's free continuations (mean over the prompt's revisions), from
+    `revisions.config["_stats"]["arms"]` (methods/latentrevise/mining.py); {} for a run without revisions."""
+    acc: dict[str, dict[str, list[float]]] = {}
+    for pid, cfg in s.execute(select(Revision.problem_id, Revision.config).where(Revision.run_id == run.id)):
+        for arm, c in (((cfg or {}).get("_stats") or {}).get("arms") or {}).items():
+            if c.get("n"):
+                acc.setdefault(arm, {}).setdefault(pid, []).append(c["correct"] / c["n"])
+    return {a: {p: float(np.mean(v)) for p, v in by_p.items()} for a, by_p in acc.items()}
+
+
+def _per_prompt(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """problem id (round-qualified when a run mined more than once) -> rescue_stats' per-prompt record."""
+    out: dict[str, dict[str, Any]] = {}
+    for i, r in enumerate(rounds):
+        for pid, rec in (r.get("per_prompt") or {}).items():
+            out[pid if len(rounds) == 1 else f"{i}/{pid}"] = rec
+    return out
+
+
+def free_measures(s: Session, run: Run, rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per-prompt measures of one rescue run: "revised" and "control" (LatentRevise arms) or "samples" (the
+    baselines' own samples) accuracy of free continuations, and "rescued" (0/1) from the per-prompt stats."""
+    arms, per = arm_accuracy(s, run), _per_prompt(rounds)
+    out: dict[str, dict[str, float]] = {"rescued": {p: float(r["rescued"]) for p, r in per.items()}}
+    revised = next((arms[a] for a in REVISED_ARMS if a in arms), None)
+    if revised is not None:
+        out["revised"] = revised
+        out["control"] = arms.get(CONTROL_ARM, {})
+    else:
+        out["samples"] = {p: r["correct"] / r["n"] for p, r in per.items() if r.get("n")}
+    return out
+
+
+def _mean_cell(values: dict[str, float]) -> Cell | None:
+    if not values:
+        return None
+    mean, (lo, hi) = float(np.mean(list(values.values()))), ci95(list(values.values()))
+    return Cell(f"{format_pct(mean)} [{format_pct(lo)}–{format_pct(hi)}]",
+                {"avg": mean, "ci_lo": lo, "ci_hi": hi, "n_prompts": len(values)})
+
+
+def paired_cell(a: dict[str, float], b: dict[str, float]) -> Cell | None:
+    """mean(a - b) over the prompts both have, in points, with a bootstrap 95% CI and the paired p-value."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        return None
+    x, y = [a[k] for k in common], [b[k] for k in common]
+    d = [u - v for u, v in zip(x, y)]
+    delta, (lo, hi), p = float(np.mean(d)), ci95(d), paired_p(x, y)
+    pct = lambda v: f"{round(100 * v, 1) + 0.0:+.1f}"  # noqa: E731  (+0.0: no "-0.0")
+    return Cell(f"{pct(delta)} [{pct(lo)}, {pct(hi)}]{'*' if p < ALPHA else ''} "
+                + (f"(p={p:.2g})" if p >= 1e-4 else "(p<1e-4)"),
+                {"delta": delta, "ci_lo": lo, "ci_hi": hi, "p": p, "n_paired": len(common)})
+
+
+def _put(row: dict[str, Any], column: str, cell: Cell | None) -> None:
+    if cell is not None:
+        row[column] = cell
+
+
+def _free_columns(row: dict[str, Any], m: dict[str, dict[str, float]], resample: dict | None) -> None:
+    """The free-continuation cells of one rescue row (module docstring of the rescue notes)."""
+    _put(row, "free acc", _mean_cell(m.get("revised") or m.get("samples") or {}))
+    if "revised" in m:
+        _put(row, "free acc from p", _mean_cell(m["control"]))
+        _put(row, "paired Δ [95% CI]", paired_cell(m["revised"], m["control"]))
+    if resample is not None and m is not resample:
+        _put(row, "Δ rescue vs resample", paired_cell(m["rescued"], resample["rescued"]))
+
+
+def decomposition_rows(method: str, m: dict[str, dict[str, float]], resample: dict | None) -> list[dict[str, Any]]:
+    """The fair decomposition at equal compute per continuation: conditioning on a prefix (K=0 arm vs resample's
+    samples) and revision (the revised arm vs the K=0 arm, same seeds)."""
+    rows = []
+    if resample is not None and m.get("control") and resample.get("samples"):
+        rows.append({"method": f"Δ conditioning: {method} K=0 arm − {RESAMPLE_METHOD}",
+                     "paired Δ [95% CI]": paired_cell(m["control"], resample["samples"])})
+    if m.get("control"):
+        rows.append({"method": f"Δ revision: {method} K≥1 − K=0 arm",
+                     "paired Δ [95% CI]": paired_cell(m["revised"], m["control"])})
+    return [r for r in rows if r["paired Δ [95% CI]"] is not None]
 
 
 def rescue_table(factory: sessionmaker[Session], preset: Preset, methods: Sequence[str] | None = None,
                  prefer: dict[str, str] | None = None) -> TableData:
-    """Zero-hit statistics and the rescue comparison (LatentRevise vs resample vs hint)."""
+    """Zero-hit statistics and the rescue comparison (LatentRevise vs resample, hint and guided-prefix)."""
     notes: list[str] = []
+    rows, measures = [], {}
     with session_scope(factory) as s:
         runs = rescue_runs(s, preset.name, methods, notes, prefer)
-        rows = [_rescue_row(r, m, aggregate_rescue(mining_stats(s, r))) for m, r in runs.items()]
+        for m, r in runs.items():
+            rounds = mining_stats(s, r)
+            rows.append(_rescue_row(r, m, aggregate_rescue(rounds)))
+            measures[m] = free_measures(s, r, rounds)
+    resample = measures.get(RESAMPLE_METHOD)
+    for row in rows:
+        _free_columns(row, measures[row["method"]], resample)
+    for m in [m for m, v in measures.items() if "revised" in v]:
+        rows += decomposition_rows(m, measures[m], resample)
     if not rows:
         notes.append(f"no finished run with {MINING_PHASE!r} steps on preset {preset.name}")
-    notes += ["zero-hit: screened prompts whose every policy sample was wrong; rescue rate: share of them with at "
-              "least one verified-correct rescued trajectory [95% bootstrap CI over prompts]",
-              "FTE: forward-token equivalents spent by the rescue method (revision, continuation or resampling; the "
-              "shared screening pass excluded), per rescued prompt; s: wall seconds per rescued prompt",
-              "length: tokens per trajectory; markers: reflection markers (wait, check*, verif*) per trajectory; "
-              "before = failed policy samples of zero-hit prompts, after = correct rescued trajectories"]
+    notes += _rescue_notes()
     return TableData(f"Zero-hit rescue ({preset.name})", RESCUE_COLUMNS, rows, notes)
+
+
+def _rescue_notes() -> list[str]:
+    """How the rescue table's numbers were made."""
+    return ["zero-hit: screened prompts whose every policy sample was wrong; rescue rate: share of them with at "
+            "least one verified-correct rescued trajectory [95% bootstrap CI over prompts]",
+            "FTE: forward-token equivalents spent by the rescue method (revision, continuation or resampling; the "
+            "shared screening pass excluded), per rescued prompt; s: wall seconds per rescued prompt",
+            "free acc: accuracy of free continuations per zero-hit prompt (mean over prompts [95% CI]): LatentRevise "
+            "from its revised prefix (discrete arm p', else latent Z); the baselines: their own samples (resample "
+            "from x, hint from the hinted x, guided-prefix from x + the reference solution's first steps); free acc "
+            "from p: the same revisions' K=0 arm (unrevised prefix, the SAME seeds)",
+            f"paired Δ: revised − unrevised over the same prompts and seeds (points, bootstrap 95% CI, two-sided "
+            f"paired {PAIRED_METHOD} test over prompts; * p<{ALPHA}); Δ rescue vs resample: rescued (0/1) minus "
+            "resample's on the same zero-hit prompts (same screening seeds), at resample's matched budget",
+            "decomposition rows: conditioning = K=0 arm − resample's samples (what continuing a failed prefix does), "
+            "revision = K≥1 − K=0 (what revising it adds); equal compute per continuation (one sample each)",
+            "length: tokens per trajectory; markers: reflection markers (wait, check*, verif*) per trajectory; "
+            "before = failed policy samples of zero-hit prompts, after = correct rescued trajectories"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +337,7 @@ def ablation_table(factory: sessionmaker[Session], preset: Preset, name: str, fi
     """Rescue rate (and accuracy when the variants trained a model) per value of `field_name`."""
     notes: list[str] = []
     columns = [field_name, "run", "zero-hit", "rescued", "rescue rate", "FTE / rescued", "s / rescued", "mean L",
-               "leakage"]
+               "leakage", "p' ≠ p", "free acc", "free acc from p", "paired Δ [95% CI]"]
     rows: list[dict[str, Any]] = []
     with session_scope(factory) as s:
         base = pick_runs(s, preset.name, None, []).get("base")
@@ -238,6 +353,8 @@ def ablation_table(factory: sessionmaker[Session], preset: Preset, name: str, fi
             mean_l, leak = revision_means(s, run)
             if mean_l is not None:
                 row["mean L"], row["leakage"] = round(float(mean_l), 1), Cell(format_pct(leak), {"leak_frac": leak})
+            _free_columns(row, free_measures(s, run, mining_stats(s, run)), None)
+            _put(row, "p' ≠ p", _changed_cell(s, run))
             for b, sc in run_scores(s, run, list(preset.benchmarks), preset.eval, notes).items():
                 ref = base_sc[b].scores if b in base_sc else None
                 row[b] = _score_cell(sc.scores, sc.counts, (), ref, "base" if ref else None)
@@ -246,6 +363,17 @@ def ablation_table(factory: sessionmaker[Session], preset: Preset, name: str, fi
             rows.append(row)
     notes.append(f"ablation {name}: {what}; every other setting as in the preset's {method} config; mean L and "
                  "leakage (% of revisions flagged) from the revisions table")
+    notes.append("p' ≠ p: share of revisions whose discrete prefix changed; free acc: continuations of the revised "
+                 "prefix, free acc from p: of the unrevised one with the SAME seeds, per zero-hit prompt; paired Δ: "
+                 f"their difference (points, bootstrap 95% CI, paired {PAIRED_METHOD} test over prompts)")
     if budget:
         notes.append("every variant also sets: " + ", ".join(f"{k}={v!r}" for k, v in budget.items()))
     return TableData(f"Ablation {name}: {field_name} ({preset.name})", columns, rows, notes)
+
+
+def _changed_cell(s: Session, run: Run) -> Cell | None:
+    """Share of the run's revisions whose discrete prefix p' differs from p (`_stats.p_changed`)."""
+    flags = [bool(((cfg or {}).get("_stats") or {}).get("p_changed"))
+             for (cfg,) in s.execute(select(Revision.config).where(Revision.run_id == run.id))]
+    return Cell(format_pct(float(np.mean(flags))), {"p_changed_frac": float(np.mean(flags)), "n": len(flags)}) \
+        if flags else None

@@ -5,9 +5,11 @@
 For each seed: pretraining wall time and tokens/s (from pretrain.json), base accuracy avg@n on
 arith-easy/-medium/-hard (the preset's eval protocol: temperature 1.0, top-p 1.0, through vLLM),
 the fraction of arith-train prompts that are zero-hit at n (every sample wrong), and the fraction of
-those that a larger n finds an answer for (rare but possible, i.e. not impossible). Scoring uses
-`harness.grading.Grader` (disagreements with `last_boxed` equality are counted), or with
-`--scorer last_boxed` exact equality of the last box with the integer gold. Prints a Markdown table and writes everything to a JSON file.
+those that a larger n finds an answer for (rare but possible, i.e. not impossible), and the share of
+samples that reflect ("Wait", the reflection documents of benchmarks/arith.py) with their mean length.
+Scoring uses `harness.grading.Grader` (disagreements with `last_boxed` equality are counted), or with
+`--scorer last_boxed` exact equality of the last box with the integer gold. Prints a Markdown table and
+writes everything to a JSON file.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def _grade(grader, completions, golds) -> tuple[list[bool], int]:
 
 def calibrate_seed(seed: int, args) -> dict:
     from benchmarks import load_benchmark
-    from benchmarks.arith import format_prompt
+    from benchmarks.arith import REFLECT_PHRASE, format_prompt
     from harness.generation import Sampling, VLLMGenerator, stable_seed
     from harness.grading import Grader
     from repro.presets import TINY
@@ -66,11 +68,14 @@ def calibrate_seed(seed: int, args) -> dict:
         n_tokens = sum(len(c.token_ids) for out in outs for c in out)
         truncated = sum(c.finish_reason == "length" for out in outs for c in out)
         per_problem = [sum(ok[i * n:(i + 1) * n]) for i in range(len(problems))]
+        reflecting = [REFLECT_PHRASE.split(",")[0] in t for t in texts]  # "Wait": the self-correction behaviour
         print(f"seed {seed} {tag}: {len(problems)} prompts x {n} in {gen_s:.0f} s, avg {sum(ok) / len(ok):.3f}",
               file=sys.stderr, flush=True)
         return per_problem, {"gen_s": round(gen_s, 1), "tokens_per_s": round(n_tokens / gen_s, 1),
                              "max_tokens_seen": max(len(c.token_ids) for out in outs for c in out),
-                             "truncated": truncated}
+                             "truncated": truncated, "reflect_frac": sum(reflecting) / len(texts),
+                             "reflect_correct": sum(r and o for r, o in zip(reflecting, ok)),
+                             "mean_tokens": n_tokens / len(texts)}
 
     n = protocol.n_default
     result["eval"] = {}
@@ -114,12 +119,15 @@ def markdown(results: list[dict]) -> str:
         return f"{100 * mean:.1f} ± {100 * sd:.1f}" if pct else f"{mean:.0f} ± {sd:.0f}"
 
     rows = [("pretraining wall time (s)", cell([r["pretrain"]["wall_s"] for r in results], pct=False)),
+            ("pretraining CPU time (s)", cell([r["pretrain"].get("cpu_s", 0.0) for r in results], pct=False)),
             ("pretraining tokens/s", cell([r["pretrain"]["tokens_per_s"] for r in results], pct=False)),
             ("final pretraining loss", " / ".join(f"{r['pretrain']['final_loss']:.3f}" for r in results))]
     for bench in results[0]["eval"]:
         rows.append((f"{bench} avg@8 (%)", cell([r["eval"][bench]["avg@n"] for r in results])))
     all_avg = [statistics.mean(r["eval"][b]["avg@n"] for b in r["eval"]) for r in results]
     rows.append(("eval tiers together avg@8 (%)", cell(all_avg)))
+    rows.append(("arith-train samples with a reflection (\"Wait\") (%)",
+                 cell([r["train"].get("reflect_frac", 0.0) for r in results])))
     rows.append(("arith-train zero-hit at n=8 (%)", cell([r["train"]["zero_hit"] for r in results])))
     rows.append((f"... of which solved at n={results[0]['train']['n_large']} (%)",
                  cell([r["train"]["zero_hit_solved_at_n_large"] for r in results])))

@@ -1,7 +1,7 @@
 """Free-continuation accuracy of revised vs unrevised prefixes on the tiny preset's zero-hit prompts.
 
     PYTHONPATH=. python scripts/revise_measure.py [--prompts 1024] [--samples 8] [--configs NAME ...] \\
-        [--out measure.json]
+        [--baselines] [--out measure.json]
 
 Screens the first `--prompts` arith-train prompts with the tiny base model (n=8, T=1, as the tiny
 preset mines), keeps the zero-hit ones, and runs the real LatentRevise rescue
@@ -14,7 +14,10 @@ the minimum detectable effect (80% power, two-sided 5%: 2.8 x sd(differences) / 
 same for USABLE accuracy (correct, not leaking, honest text, true arithmetic steps); the
 share of prompts with >= 1 correct continuation per arm; the share of revisions with p' != p and of
 positions changed; the valid-step rate of the revised arms' correct trajectories; FTE spent and
-saved by dedupe. Three example revisions (p, p', top vertices) of `--examples-from`.
+saved by dedupe. With --baselines, resample and guided-prefix on the same zero-hit prompts at the
+budget matched to LatentRevise under BASE: their samples' accuracy, rescue rate, FTE, and the paired
+conditioning comparison (K=0 arm minus the baseline's samples). Three example revisions (p, p', top
+vertices) of `--examples-from`.
 
 Uses the transformers generator (deterministic per seed; no vLLM engine) and a throw-away database.
 Rerun it after the tiny world changes (a new base model): every number here comes from this run.
@@ -33,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 BASE = {"mine_samples": 8, "mine_max_tokens": 96, "failed_per_prompt": 1, "cont_samples": 8, "prefix_frac": 0.3,
-        "fw_steps": 3, "step_rule": "gap-topm", "flip_positions": 1, "fluency_weight": 0.0}  # each config adds its own
+        "fw_steps": 3, "step_rule": "gap-topm", "flip_positions": 1, "fluency_weight": 0.0,
+        "objective": "gold-in-rollout"}  # each config adds its own (fluency needs fluency_weight > 0: not the base)
 CONFIGS: dict[str, dict[str, Any]] = {
     "K0": {"fw_steps": 0},
     "old-tiny": {"objective": "gold-after-prefix", "step_rule": "const", "step_const": 0.1},
@@ -116,6 +120,72 @@ def summarize(name: str, outcomes, stats: dict[str, Any], wall: float) -> dict[s
     return out
 
 
+def arm_texts(db, run_id: int) -> dict[str, dict[str, float]]:
+    """Per arm, over ALL its continuations (right or wrong): mean length in tokens, share with a reflection
+    ("Wait", the reflection documents of benchmarks/arith.py), mean reflection markers (mining.markers)."""
+    from harness.store import Revision, session_scope
+    from methods.latentrevise.mining import ARMS, markers
+
+    by_arm: dict[str, list[dict]] = {a: [] for a in ARMS}
+    with session_scope(db) as s:
+        for r in s.query(Revision).filter_by(run_id=run_id):
+            for c in r.continuations:  # a deduplicated arm is listed in the "arms" of the set it reuses
+                for a in c["arms"]:
+                    by_arm[a].append(c)
+    out = {}
+    for a, cs in by_arm.items():
+        if cs:
+            texts = [c["text"] for c in cs]
+            out[a] = {"n": len(cs), "mean_tokens": sum(c["tokens"] for c in cs) / len(cs),
+                      "reflect_frac": sum("wait" in t.lower() for t in texts) / len(texts),
+                      "markers": sum(markers(texts).values())}
+    return out
+
+
+def control_accuracy(outcomes) -> dict[str, float]:
+    """problem id -> accuracy of the K=0 arm (continuations of the unrevised prefix p), mean over its revisions."""
+    out = {}
+    for o in outcomes:
+        accs = [r["arms"]["unrevised"]["correct"] / r["arms"]["unrevised"]["n"] for r in o.revisions
+                if r["arms"]["unrevised"]["n"]]
+        if accs:
+            out[o.problem_id] = sum(accs) / len(accs)
+    return out
+
+
+def baseline_rows(zero, model, tok, gen, base: dict[str, Any], ctx, control: dict[str, float]) -> list[dict]:
+    """resample and guided-prefix on the same zero-hit prompts at the budget matched to LatentRevise under `base`:
+    accuracy of their own samples, rescue rate, FTE, and the conditioning comparison K=0 arm vs resample."""
+    from methods.guided_prefix import GuidedPrefixConfig, rescue_guided_prefix
+    from methods.resample import MatchedRescueConfig, rescue_resample
+
+    rows = []
+    for name, cls, rescue in (("resample", MatchedRescueConfig, rescue_resample),
+                              ("guided-prefix", GuidedPrefixConfig, rescue_guided_prefix)):
+        t = time.perf_counter()
+        outs = rescue(zero, model, tok, gen, cls(**base), ctx)
+        acc = {o.problem_id: o.n_correct / o.n_samples for o in outs if o.n_samples}
+        common = sorted(set(acc) & set(control))
+        row = {"name": name, "n_prompts": len(outs), "acc": sum(acc.values()) / max(1, len(acc)),
+               "samples_per_prompt": sum(o.n_samples for o in outs) / max(1, len(outs)),
+               "rescue_rate": sum(o.rescued for o in outs) / max(1, len(outs)),
+               "fte_per_zero_hit": sum(o.fte for o in outs) / max(1, len(outs)),
+               "fte_per_rescued": sum(o.fte for o in outs) / max(1, sum(o.rescued for o in outs)),
+               "wall_s": round(time.perf_counter() - t, 1),
+               "valid_step_rate": _rate([t.valid_steps for o in outs for t in o.trajectories]),
+               "len_after": _rate([t.tokens for o in outs for t in o.trajectories]),
+               "reflect_after": _rate(["wait" in t.response.lower() for o in outs for t in o.trajectories])}
+        if common:  # the K=0 arm minus this baseline's samples, per prompt: what conditioning on p does
+            row["paired_control_minus_this"] = paired_summary([control[p] for p in common], [acc[p] for p in common])
+        rows.append(row)
+    return rows
+
+
+def _rate(values: list) -> float | None:
+    values = [float(v) for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
 def examples(db, run_id: int, k: int = 3) -> list[dict[str, Any]]:
     """The first k revisions with p' != p: the failed rollout, p, p', top vertices at changed positions."""
     from harness.store import Revision, session_scope
@@ -145,6 +215,7 @@ def main() -> None:
     ap.add_argument("--examples-from", default=None, help="configuration whose example revisions are printed")
     ap.add_argument("--out", default=None)
     ap.add_argument("--screen-cache", default=None, help="pickle of the screening: reused when it exists")
+    ap.add_argument("--baselines", action="store_true", help="also resample and guided-prefix at the matched budget")
     a = ap.parse_args()
 
     import torch
@@ -183,7 +254,7 @@ def main() -> None:
     zero = [s for s in screened if s.zero_hit]
     print(f"{len(screened)} prompts screened at n={base['mine_samples']}: {len(zero)} zero-hit "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    rows, example_rows = [], None
+    rows, example_rows, control = [], None, {}
     for name, over in configs.items():
         cfg = LatentReviseConfig(**{**base, **over})
         run, _ = get_or_create_run(db, method=name, model=str(path), preset="tiny", seed=0, config={**base, **over})
@@ -192,16 +263,29 @@ def main() -> None:
         outcomes = rescue_latentrevise(zero, model, tok, gen, cfg, ctx)
         stats = rescue_stats("latentrevise", screened, outcomes, cfg=cfg)
         row = summarize(name, outcomes, stats, time.perf_counter() - t1)
+        row["arm_texts"] = arm_texts(db, run.id)
+        control = control or control_accuracy(outcomes)  # the same seeds in every configuration: one control
         rows.append(row)
         print(json.dumps(row), flush=True)
         if name == (a.examples_from or name):
             example_rows = examples(db, run.id)
     print(table(rows))
+    matched = {**base, **configs[next(iter(configs))]}  # budgets matched to the first configuration's LatentRevise
+    base_rows = baseline_rows(zero, model, tok, gen, matched, ctx, control) if a.baselines else []
+    for r in base_rows:
+        print(json.dumps(r), flush=True)
     if example_rows:
         print(json.dumps(example_rows, indent=1))
     if a.out:
         Path(a.out).write_text(json.dumps({"screened": len(screened), "zero_hit": len(zero), "samples": a.samples,
-                                           "base": base, "rows": rows, "examples": example_rows}, indent=1))
+                                           "base": base, "rows": rows, "baselines": base_rows,
+                                           "examples": example_rows}, indent=1))
+
+
+def _per_arm(row: dict[str, Any], key: str, scale: float) -> str:
+    texts = row.get("arm_texts", {})
+    return " / ".join(f"{scale * texts[a][key]:.1f}" if a in texts else "-"
+                      for a in ("unrevised", "discrete", "latent"))
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -212,8 +296,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     mde = lambda s: "-" if s is None else f"{100 * s['mde']:.1f}"
     lines = ["| config | revisions | p' != p | pos. changed | acc p | acc p' | diff p'-p [95% CI] | p | MDE | "
              "acc Z | diff Z-p [95% CI] | p | usable acc p / p' | diff usable p'-p [95% CI] | p | "
-             ">=1 correct p / p' / Z | valid steps | FTE / zero-hit | dedupe saved |",
-             "|" + "---|" * 19]
+             ">=1 correct p / p' / Z | valid steps | FTE / zero-hit | dedupe saved | tokens p / p' / Z | "
+             "reflect % p / p' / Z |",
+             "|" + "---|" * 21]
     for r in rows:
         d, z, acc, hit = r.get("paired_discrete"), r.get("paired_latent"), r["acc"], r["any_correct"]
         u, good = r.get("paired_discrete_usable"), r["acc_usable"]
@@ -223,7 +308,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{pct(acc['latent'])} | {ci(z)} | {pval(z)} | {pct(good['unrevised'])} / {pct(good['discrete'])} | "
             f"{ci(u)} | {pval(u)} | {pct(hit['unrevised'])} / {pct(hit['discrete'])} / "
             f"{pct(hit['latent'])} | {pct(r['valid_step_rate'])} % (n={r['n_checked']}) | "
-            f"{r['fte_per_zero_hit']:.0f} | {r['dedup_saved_fte']:.0f} |")
+            f"{r['fte_per_zero_hit']:.0f} | {r['dedup_saved_fte']:.0f} | {_per_arm(r, 'mean_tokens', 1)} | "
+            f"{_per_arm(r, 'reflect_frac', 100)} |")
     return "\n".join(lines)
 
 

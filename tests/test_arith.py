@@ -10,6 +10,7 @@ from benchmarks import last_boxed, load_benchmark
 from benchmarks.arith import (
     EOS,
     EVAL_SIZE,
+    REFLECT_PHRASE,
     TIERS,
     TRAIN_SIZE,
     format_document,
@@ -121,3 +122,31 @@ def test_word_problems_in_medium_and_hard_tell_the_same_sum(sets):
         assert "Compute" not in p.problem and p.problem.endswith("?")
         assert all(re.search(rf"\b{x}\b", p.problem) for x in p.meta["operands"])
         assert last_boxed(p.meta["solution"]) == p.answer == str(eval(p.meta["expr"]))  # noqa: S307 (our own ints)
+
+
+def test_reflection_documents_have_the_stated_share_and_a_right_corrected_answer():
+    """13.6: ~reflect_frac of the corpus slips once, says REFLECT_PHRASE, redoes the step right; the step
+    checker counts the slip as retracted (valid steps) and the boxed answer is the problem's true value."""
+    from methods.latentrevise.verify import _eval, check_steps
+
+    docs = pretrain_corpus(4000, seed=0, reflect_frac=0.05)
+    reflecting = [d for d in docs if REFLECT_PHRASE in d]
+    assert 0.04 * len(docs) <= len(reflecting) <= 0.06 * len(docs)  # binomial sd ~0.35 % at n=4000
+    assert all(d.count(REFLECT_PHRASE) == 1 for d in reflecting)
+    for doc in reflecting:
+        problem, solution = doc.removesuffix(EOS).split("\nSolution:")
+        check = check_steps(solution, problem)
+        assert check.valid and check.n_retracted == 1 and check.n_false == 0, doc
+        slip, redo = solution.split(REFLECT_PHRASE)
+        wrong_lhs, wrong = slip.rstrip(". ").rsplit(" = ", 1)
+        right = redo.split(". ")[0].rsplit(" = ", 1)[1]
+        assert wrong != right and int(wrong) >= 0  # the slip is a real, non-negative mistake...
+        assert redo.startswith(wrong_lhs.split(". ")[-1].strip())  # ...of the very step that is redone
+        expr = problem.removeprefix("Problem: Compute ").rstrip(".")
+        if "Compute" in problem:  # symbolic phrasing: the boxed answer is the expression's value
+            assert last_boxed(solution) == str(_eval(expr))
+    # the rest of the corpus is unchanged by the option (own random stream)
+    plain = pretrain_corpus(4000, seed=0)
+    assert [a for a, b in zip(docs, plain) if a != b] == reflecting
+    with pytest.raises(ValueError, match="reflect_frac"):
+        pretrain_corpus(10, reflect_frac=1.5)

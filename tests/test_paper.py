@@ -169,7 +169,8 @@ def test_all_tables_known():
     assert [s.method for s in plan.table_steps("reference", PAPER)] == ["base"]
     assert plan.table_steps("reference", TINY) == []  # nothing published for the tiny model
     rescue = plan.table_steps("rescue", TINY)
-    assert [s.method for s in rescue] == ["lr-sft", "resample", "hint"] and not any(s.evaluate for s in rescue)
+    assert [s.method for s in rescue] == ["lr-sft", "resample", "hint", "guided-prefix"]
+    assert not any(s.evaluate for s in rescue)
     assert rescue[0].overrides == {} and rescue[1].overrides == catalog.MINING_ONLY
     assert dataclasses.is_dataclass(plan.Step)
 
@@ -258,5 +259,30 @@ def test_lr_grpo_costs_grpo_plus_its_revisions():
     length = 0.25 * cfg.max_tokens
     prefix = min(cfg.prefix_max_tokens, cfg.prefix_frac * length)
     away = min(cfg.away_max_tokens, length - prefix)
-    assert on[1] - grpo[1] == pytest.approx(revisions * cfg.fw_steps * 2 * (prefix + cost.GOLD_TOKENS + away))
-    assert on[0] - grpo[0] == pytest.approx(revisions * 2 * cfg.cont_samples * (length - prefix))
+    # a Frank-Wolfe row token is 2/3 of a trained token (frozen weights); every continuation arm is counted
+    assert on[1] - grpo[1] == pytest.approx(revisions * cfg.fw_steps * 2 * (prefix + cost.GOLD_TOKENS + away) * 2 / 3)
+    assert on[0] - grpo[0] == pytest.approx(revisions * cost.continuation_arms(cfg) * cfg.cont_samples
+                                            * (length - prefix))
+
+
+def test_continuation_arms_and_matched_baselines():
+    """The control arm is always sampled; the latent arm only when Z can leave a vertex; K=0 samples the control
+    only; resample/hint/guided-prefix spend lr-sft's revision FTE on sampling and train nothing for it."""
+    import dataclasses
+
+    from methods.latentrevise.mining import LatentReviseConfig
+    from methods.resample import MatchedRescueConfig
+
+    vertex = LatentReviseConfig(step_rule="gap-topm", flip_gamma=1.0, cont_modes="both")
+    assert cost.continuation_arms(vertex) == 2  # control + discrete (latent = discrete, deduplicated)
+    assert cost.continuation_arms(dataclasses.replace(vertex, step_rule="harmonic")) == 3
+    assert cost.continuation_arms(dataclasses.replace(vertex, fw_steps=0)) == 1
+    assert cost.continuation_arms(dataclasses.replace(vertex, step_rule="harmonic", cont_modes="latent")) == 2
+    lr, base = cost.TokenCount(), cost.TokenCount()
+    cfg = LatentReviseConfig(step_rule="harmonic", fw_steps=2, prefix_frac=0.5, cont_samples=4, away_max_tokens=None)
+    cost._revision_tokens(cfg, 10, 100, lr)
+    fw = 10 * 2 * 2 * (50 + cost.GOLD_TOKENS + 50)
+    assert lr.trained == pytest.approx(fw * 2 / 3) and lr.generated == pytest.approx(10 * 3 * 4 * 50)
+    matched = MatchedRescueConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+    cost._revision_tokens(matched, 10, 100, base)
+    assert base.trained == 0 and base.generated == pytest.approx(10 * 3 * 4 * 50 + 2 * fw)

@@ -96,6 +96,14 @@ def test_overrides_from_a_preset_dict():
         PretrainConfig.from_overrides({"stpes": 7})
 
 
+def test_reflection_share_is_part_of_the_model_identity():
+    """13.6: the default corpus has reflection documents; the share is in the cache key and validated."""
+    assert PretrainConfig().reflect_frac > 0 and PretrainConfig().data_version >= 6
+    assert PretrainConfig(reflect_frac=0.0).hash() != PretrainConfig().hash()
+    with pytest.raises(ValueError, match="reflect_frac"):
+        PretrainConfig(reflect_frac=-0.1)
+
+
 @pytest.mark.vllm
 @pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed")
 def test_vllm_and_transformers_greedy_agree(small_model):

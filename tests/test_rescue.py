@@ -430,3 +430,82 @@ def test_a_sampling_request_pays_its_prompt_once(tiny_model_dir, grader):
     x = len(tok(sc.prompt_text, add_special_tokens=False).input_ids)
     wrong = len(tok(" 1 + 1 = 3. The answer is \\boxed{3}.", add_special_tokens=False).input_ids)
     assert o.fte == x + 5 * wrong == sampling_fte(x, [Completion("", [0] * wrong, "stop", 0)] * 5)
+
+
+class GuideAwareGenerator:
+    """Text prompts only: continues right when the prompt holds the guide's first step, else answers 3."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.prompts, self.ns = tokenizer, [], []
+
+    def generate(self, prompts, sampling, seeds=None, progress=False):
+        out = []
+        for p in prompts:
+            self.prompts.append(p)
+            self.ns.append(sampling.n)
+            text = " 21 + 5 = 26. The answer is \\boxed{26}." if p.endswith("12 + 9 = 21.") else \
+                " 1 + 1 = 3. The answer is \\boxed{3}."
+            out.append([Completion(text, self.tokenizer(text, add_special_tokens=False).input_ids, "stop", 0)
+                        for _ in range(sampling.n)])
+        return out
+
+    def close(self):
+        pass
+
+
+def test_guided_prefix_continues_from_the_reference_prefix_at_the_matched_budget(tiny_model_dir, grader):
+    """13.7: the guide is the first part of the solution without the answer; n fits the budget; the trajectory is
+    guide + continuation on the UNGUIDED prompt; a problem without a solution is plain resampling."""
+    from transformers import AutoTokenizer
+
+    from methods.guided_prefix import GuidedPrefixConfig, guide_text, rescue_guided_prefix
+    from methods.latentrevise.mining import Screened, rescue_stats, sampling_fte
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    solution = "12 + 9 = 21. 21 + 5 = 26. The answer is \\boxed{26}."
+    guided = Problem("g0", "Compute 12 + 9 + 5.", "26", {"solution": solution, "expr": "12+9+5"})
+    plain = Problem("g1", "Compute 12 + 9 + 5.", "26", {"expr": "12+9+5"})
+    n_all = len(tok(" " + solution, add_special_tokens=False).input_ids)
+    frac = len(tok(" 12 + 9 = 21.", add_special_tokens=False).input_ids) / n_all  # the guide: the first step
+    assert guide_text(solution, "26", tok, frac) == " 12 + 9 = 21."
+    assert guide_text(solution, "26", tok, 0.95) == " 12 + 9 = 21."  # whole steps, none stating the answer
+    assert guide_text(solution, "26", tok, frac * 0.8) == ""  # not even one whole step
+    assert guide_text(solution, "21", tok, frac) == ""  # never the gold answer as a number
+    wrong = Completion(" 1 + 1 = 3. The answer is \\boxed{3}.", [0] * 20, "stop", 0)
+    prompt = "Problem: Compute 12 + 9 + 5.\nSolution:"
+    x = len(tok(prompt, add_special_tokens=False).input_ids)
+    zero = [Screened(p, prompt, [0] * x, [wrong, wrong], [False, False]) for p in (guided, plain)]
+    cfg = GuidedPrefixConfig(**SMALL, budget_fte_per_prompt=200.0, guide_frac=frac)
+    ctx = SimpleNamespace(seed=0, template="tiny-boxed", grader=grader, progress=False)
+    gen = GuideAwareGenerator(tok)
+    out = rescue_guided_prefix(zero, None, tok, gen, cfg, ctx)
+    g = len(tok(" 12 + 9 = 21.", add_special_tokens=False).input_ids)
+    xg = len(tok(prompt + " 12 + 9 = 21.", add_special_tokens=False).input_ids)
+    n_guided, n_plain = int((200 - xg) // (20 - g)), int((200 - x) // 20)
+    assert sorted(gen.ns) == sorted([n_guided, n_plain]) and n_guided > n_plain  # shorter samples: more of them
+    assert prompt + " 12 + 9 = 21." in gen.prompts and prompt in gen.prompts
+    o_guided, o_plain = out
+    assert len(o_guided.trajectories) == n_guided and not o_plain.trajectories
+    t = o_guided.trajectories[0]
+    assert t.prompt == prompt and t.response == " 12 + 9 = 21. 21 + 5 = 26. The answer is \\boxed{26}."
+    assert t.mode == "guided" and t.source == "guided-prefix" and not t.leakage and t.valid_steps is True
+    cont = len(tok(" 21 + 5 = 26. The answer is \\boxed{26}.", add_special_tokens=False).input_ids)
+    assert t.tokens == g + cont
+    assert o_guided.fte == sampling_fte(xg, [Completion("", [0] * cont, "stop", 0)] * n_guided)
+    assert o_plain.fte == x + n_plain * len(tok(wrong.text, add_special_tokens=False).input_ids)
+    # the per-prompt counts the paired tables read (free-sample accuracy, rescued)
+    assert (o_guided.n_samples, o_guided.n_correct, o_plain.n_samples, o_plain.n_correct) == (n_guided, n_guided,
+                                                                                              n_plain, 0)
+    per = rescue_stats("guided-prefix", zero, out)["per_prompt"]
+    assert per["g1"] == {"n": n_plain, "correct": 0, "fte": o_plain.fte, "rescued": False}
+    with pytest.raises(ValueError, match="guide_frac"):
+        GuidedPrefixConfig(guide_frac=1.0)
+
+
+def test_guided_prefix_is_a_registered_rescue_method():
+    from methods.registry import build_config, get_method
+    from repro.catalog import RESCUE_METHODS
+
+    cls = get_method("guided-prefix")
+    assert cls.source == "guided-prefix" and "guided-prefix" in RESCUE_METHODS
+    assert build_config(cls, {"guide_frac": 0.25}).guide_frac == 0.25

@@ -187,7 +187,7 @@ def test_every_format(factory, filled):
     assert data["rows"][3]["arith-hard (n=8)"]["p"] == pytest.approx(lr_p := float(lr["arith-hard (n=8).p"]))
     assert lr_p < 0.05
     md = render(t, "markdown").splitlines()
-    assert md[2].startswith("| method | run | arith-easy (n=8)") and sum(l.startswith("| ") for l in md) == 6
+    assert md[2].startswith("| method | run | arith-easy (n=8)") and sum(ln.startswith("| ") for ln in md) == 6
     rich = render(t, "rich")
     assert "lr-grpo" in rich and "+50.0*" in rich and "Main results" in rich
     with pytest.raises(ValueError, match="unknown format"):
@@ -368,3 +368,90 @@ def test_figures(factory, filled, tmp_path):
     assert sorted(p.name for p in paths) == ["fw_dynamics.png", "passk.png", "rescue.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < p.stat().st_size < 200_000
+
+
+# --------------------------------------------------------------------------------------------
+# free continuations: revised vs unrevised (paired), the decomposition, per-prompt baselines
+# --------------------------------------------------------------------------------------------
+
+def add_arm_revision(factory, run_id: int, pid: str, control: int, revised: int, n: int = 4,
+                     changed: bool = True) -> None:
+    """A revision row whose `_stats.arms` holds `control` / `revised` correct of `n` continuations."""
+    stats = {"arms": {"unrevised": {"n": n, "correct": control, "same_as": None},
+                      "discrete": {"n": n, "correct": revised, "same_as": None if changed else "unrevised"}},
+             "p_changed": changed}
+    with session_scope(factory) as s:
+        s.add(Revision(run_id=run_id, problem_id=pid, prompt="x", gold="1", failed_rollout="2 + 2 = 5",
+                       prefix_len=8, fw_steps=3, config={"_stats": stats}, gold_loss=[1.0], away_loss=[1.0],
+                       top_tokens=[], discrete_prefix="2 + 2", wall_s=1.0, peak_mem_mb=None,
+                       rescued=revised > 0, leakage=False, continuations=[]))
+
+
+def per_prompt(rescued: dict[str, bool], correct: dict[str, int] | None = None, n: int = 0) -> dict:
+    return {p: {"n": n, "correct": (correct or {}).get(p, 0), "fte": 10.0, "rescued": r} for p, r in rescued.items()}
+
+
+@pytest.fixture
+def paired_db(factory):
+    """4 zero-hit prompts. lr-sft: K=0 arm 0,0,1,0 of 4 correct; revised arm 2,1,1,0 of 4. resample: 8 samples
+    each, 0,2,0,0 correct. guided-prefix: 8 samples each, 4,0,0,0 correct."""
+    lr = add_run(factory, "lr-sft", config={"method_config": {"fw_steps": 3}})
+    add_mining(factory, lr, {**rescue("latentrevise", 100, 4, 3, 900.0, trajectories=4),
+                             "per_prompt": per_prompt({"p0": True, "p1": True, "p2": True, "p3": False})})
+    for pid, c0, c1, changed in (("p0", 0, 2, True), ("p1", 0, 1, True), ("p2", 1, 1, False), ("p3", 0, 0, True)):
+        add_arm_revision(factory, lr, pid, c0, c1, changed=changed)
+    rs = add_run(factory, "resample")
+    add_mining(factory, rs, {**rescue("resample", 100, 4, 1, 800.0, trajectories=2),
+                             "per_prompt": per_prompt({"p0": False, "p1": True, "p2": False, "p3": False},
+                                                      {"p1": 2}, n=8)})
+    gp = add_run(factory, "guided-prefix")
+    add_mining(factory, gp, {**rescue("guided-prefix", 100, 4, 1, 600.0, trajectories=4),
+                             "per_prompt": per_prompt({"p0": True, "p1": False, "p2": False, "p3": False},
+                                                      {"p0": 4}, n=8)})
+    return {"lr-sft": lr, "resample": rs, "guided-prefix": gp}
+
+
+def test_rescue_table_free_continuations_paired_and_decomposed(factory, paired_db):
+    t = rescue_table(factory, TINY, methods=["lr-sft", "resample", "guided-prefix"])
+    rows = {r["method"]: r for r in t.rows}
+    lr, rs, gp = rows["lr-sft"], rows["resample"], rows["guided-prefix"]
+    assert lr["free acc"].values["avg"] == pytest.approx((0.5 + 0.25 + 0.25 + 0) / 4)
+    assert lr["free acc from p"].values["avg"] == pytest.approx(0.25 / 4)
+    d = lr["paired Δ [95% CI]"].values  # differences 0.5, 0.25, 0, 0 over the same prompts and seeds
+    assert d["delta"] == pytest.approx(0.1875) and d["n_paired"] == 4
+    assert d["p"] == pytest.approx(0.5)  # exact sign flips: only the two non-zero differences matter
+    assert d["ci_lo"] <= 0.1875 <= d["ci_hi"]
+    assert rs["free acc"].values["avg"] == pytest.approx(0.25 / 4) and "paired Δ [95% CI]" not in rs
+    assert gp["free acc"].values["avg"] == pytest.approx(0.5 / 4)
+    assert gp["FTE / rescued"].values["fte"] == 600.0 and gp["s / rescued"] == 4.0
+    # rescued 1,1,1,0 (lr) vs 0,1,0,0 (resample): +50 points, p = 0.5 (two non-zero differences)
+    assert lr["Δ rescue vs resample"].values["delta"] == pytest.approx(0.5)
+    assert lr["Δ rescue vs resample"].values["p"] == pytest.approx(0.5)
+    assert gp["Δ rescue vs resample"].values["delta"] == pytest.approx(0.0)
+    assert "Δ rescue vs resample" not in rs
+    cond = rows["Δ conditioning: lr-sft K=0 arm − resample"]["paired Δ [95% CI]"].values
+    assert cond["delta"] == pytest.approx((0 - 0 + (0 - 0.25) + (0.25 - 0) + 0) / 4) and cond["p"] == 1.0
+    rev = rows["Δ revision: lr-sft K≥1 − K=0 arm"]["paired Δ [95% CI]"].values
+    assert rev == d
+    assert any("SAME seeds" in n for n in t.notes)
+    for fmt in FORMATS:
+        assert "revision: lr-sft" in render(t, fmt)
+
+
+def test_ablation_rows_report_revised_vs_unrevised(factory, paired_db):
+    with session_scope(factory) as s:
+        h = s.get(Run, paired_db["lr-sft"]).config_hash
+    t = ablation_table(factory, TINY, "step-rule", "step_rule", [("gap-topm", h)], "step rule")
+    (row,) = t.rows
+    assert row["p' ≠ p"].values["p_changed_frac"] == pytest.approx(0.75)
+    assert row["paired Δ [95% CI]"].values["delta"] == pytest.approx(0.1875)
+    assert row["free acc from p"].values["avg"] == pytest.approx(0.0625)
+
+
+def test_new_ablations_are_catalogued_on_real_config_fields():
+    from repro.catalog import ABLATIONS, check_ablation
+
+    for name in ("step-rule", "discretize", "objective", "keep-best", "away-weight"):
+        check_ablation(ABLATIONS[name])  # raises if the lr-sft config has no such field
+    assert set(ABLATIONS["objective"].values) == {"gold-after-prefix", "gold-in-rollout", "self-contrast", "fluency"}
+    assert ABLATIONS["keep-best"].values == (True, False)

@@ -180,6 +180,8 @@ class RescueOutcome:
     fte: float
     trajectories: list[Trajectory]  # correct ones only
     revisions: list[dict[str, Any]] = field(default_factory=list)  # LatentRevise: each revision's `_stats`
+    n_samples: int = 0  # resample / hint / guided-prefix: samples drawn (LatentRevise: see `revisions`)
+    n_correct: int = 0  # ... and how many of them were graded correct (free-sample accuracy, tables)
 
     @property
     def rescued(self) -> bool:
@@ -587,6 +589,9 @@ def rescue_stats(source: str, screened: Sequence[Screened], outcomes: Sequence[R
         "changed_frac_mean": _mean([r["changed_frac"] for r in revs]),
         "fte_control": sum(r["fte_control"] for r in revs), "dedup_saved_fte": sum(r["dedup_saved_fte"] for r in revs),
         "wall_s": wall_s,
+        # per zero-hit prompt, for the paired tables (repro/tables.py): samples, correct, FTE, rescued
+        "per_prompt": {o.problem_id: {"n": o.n_samples, "correct": o.n_correct, "fte": o.fte, "rescued": o.rescued}
+                       for o in outcomes},
     }
 
 

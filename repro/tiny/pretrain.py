@@ -3,7 +3,8 @@
 The tiny preset needs a real base model - one that solves some problems and not others - and no
 hub is reachable, so the harness makes one: a byte-level BPE tokenizer (one token per digit)
 and a ~0.36M-parameter Qwen2 trained with plain torch on `benchmarks.arith.pretrain_corpus`
-documents, which have exactly the evaluation format (`Problem: ...\\nSolution: ...<|im_end|>`).
+documents, which have exactly the evaluation format (`Problem: ...\\nSolution: ...<|im_end|>`); a
+share `reflect_frac` of them slip once and correct themselves ("Wait, let me check: ...").
 
 The budget is a fixed number of steps, so the model is a function of the config alone (same
 seed, same weights, on the same torch build and thread count). The result is saved in Hugging
@@ -42,6 +43,9 @@ class PretrainConfig:
     corpus_docs: int = 60_000  # documents drawn from the arith corpus split (repeats allowed)
     # tier -> relative weight: the medium tier (2-digit chains) is where the base model's skill grows
     corpus_mix: tuple[tuple[str, float], ...] = (("easy", 1.0), ("medium", 2.0), ("hard", 1.0))
+    # share of reflection documents (a slip, "Wait, let me check: ...", the step redone right; benchmarks/arith.py):
+    # the base model owns a rarely sampled self-correction behaviour that revision can bring out (issue 13.6)
+    reflect_frac: float = 0.05
     tokenizer_docs: int = 5_000  # first documents of the corpus that the BPE tokenizer is trained on
     steps: int = 2500  # the budget: fixed, so the result does not depend on machine speed (~180 s, idle 2 cores)
     batch_size: int = 32  # documents per step, right-padded to the longest in the batch
@@ -53,7 +57,11 @@ class PretrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     threads: int = 2  # torch intra-op threads: 2 is 43% faster than 1 on an idle 2-core box, 3x slower on a busy one
-    data_version: int = 5  # bump when benchmarks/arith.py changes the documents: invalidates caches
+    data_version: int = 6  # bump when benchmarks/arith.py changes the documents: invalidates caches
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.reflect_frac <= 1.0:
+            raise ValueError(f"PretrainConfig.reflect_frac must be in [0, 1], got {self.reflect_frac}")
 
     @classmethod
     def from_overrides(cls, overrides: dict[str, Any] | None = None) -> PretrainConfig:
@@ -145,11 +153,11 @@ def _lr_at(step: int, cfg: PretrainConfig) -> float:
 def _train(cfg: PretrainConfig, out_dir: Path, progress: bool) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from benchmarks.arith import pretrain_corpus
+    from benchmarks.arith import REFLECT_PHRASE, pretrain_corpus
 
     torch.set_num_threads(cfg.threads)
-    start = time.perf_counter()
-    docs = pretrain_corpus(cfg.corpus_docs, seed=cfg.seed, mix=cfg.corpus_mix)
+    start, cpu_start = time.perf_counter(), time.process_time()  # CPU time too: the machine may be shared
+    docs = pretrain_corpus(cfg.corpus_docs, seed=cfg.seed, mix=cfg.corpus_mix, reflect_frac=cfg.reflect_frac)
     tokenizer = train_tokenizer(docs[: cfg.tokenizer_docs], cfg.model.vocab_size)
     token_ids = tokenizer(docs, add_special_tokens=False).input_ids
     longest = max(map(len, token_ids))
@@ -193,7 +201,8 @@ def _train(cfg: PretrainConfig, out_dir: Path, progress: bool) -> dict[str, Any]
         "steps": cfg.steps, "tokens": tokens, "final_loss": sum(tail) / len(tail), "first_loss": losses[0],
         "loss_curve": [round(sum(losses[i:i + 50]) / len(losses[i:i + 50]), 4) for i in range(0, len(losses), 50)],
         "setup_s": round(setup_s, 2), "train_s": round(train_s, 2),
-        "wall_s": round(time.perf_counter() - start, 2), "step_s": round(train_s / cfg.steps, 4),
+        "wall_s": round(time.perf_counter() - start, 2), "cpu_s": round(time.process_time() - cpu_start, 2),
+        "reflect_docs": sum(REFLECT_PHRASE in d for d in docs), "step_s": round(train_s / cfg.steps, 4),
         "tokens_per_s": round(tokens / train_s, 1), "torch": torch.__version__, "threads": cfg.threads,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
