@@ -56,6 +56,7 @@ def budgets(zero_hit: Sequence[Screened], model, tokenizer, cfg: MatchedRescueCo
     return predicted_lr_fte(zero_hit, reviser, cfg, tokenizer, template)
 
 
+MODES = {"resample": "sample", "hint": "hint", "guided-prefix": "guided"}  # source -> Trajectory.mode
 MAX_ROUNDS = 8  # top-up rounds per rescue call (module docstring); each one is one generate call per count
 
 
@@ -73,9 +74,6 @@ def _draw(zero_hit: Sequence[Screened], prompts: Sequence[str], counts: dict[int
           source: str, step: int, rnd: int) -> dict[int, list]:
     """counts[i] samples of prompts[i], grouped by count (one generate call each); round 0 keeps the seeds of
     a single request, later rounds get their own."""
-
-
-MODES = {"resample": "sample", "hint": "hint", "guided-prefix": "guided"}  # source -> Trajectory.mode
     by_n: dict[int, list[int]] = defaultdict(list)
     for i, n in counts.items():
         by_n[n].append(i)
