@@ -20,9 +20,8 @@ import json
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -36,12 +35,14 @@ from repro.plan import Step, plan_table, planned_hashes
 from repro.presets import BUDGET_FIELDS, CONFIG_BASE, GEN_FIELDS, Preset, get_preset
 from repro.render import TableData, render
 from repro.tables import ablation_table, main_table, rescue_table
+from repro.terminal import quiet
 
 
-def build_table(table: str, preset: Preset, factory: sessionmaker[Session], steps: list[Step]) -> TableData:
+def build_table(table: str, preset: Preset, factory: sessionmaker[Session], steps: list[Step],
+                baselines: dict[str, str] | None = None) -> TableData:
     prefer = planned_hashes(steps)
     if table == "main":
-        return main_table(factory, preset, prefer=prefer)
+        return main_table(factory, preset, prefer=prefer, baselines=baselines)
     if table == "reference":
         from repro.reference import reference_table
 
@@ -159,27 +160,13 @@ def plan_json(steps: list[Step], preset: Preset, table: str, data_dir: str | Non
     }
 
 
-@contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """File descriptor 1 -> 2 for the block, inherited by child processes (engines), then restored."""
-    sys.stdout.flush()
-    try:
-        saved = os.dup(1)
-    except OSError:  # no real stdout (some embedded runners): nothing to protect
-        yield
-        return
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def reproduce(table: str | None = "main", preset: str = "tiny", plot_dir: str | None = None, dry_run: bool = False,
-              fresh: bool = False, fmt: str = "rich", db: str = "results.db", data_dir: str | None = None) -> TableData | None:
-    """Plan, run or reuse, print. Returns the table (None for a dry run)."""
+              fresh: bool = False, fmt: str = "rich", db: str = "results.db", data_dir: str | None = None,
+              extra: Sequence[tuple[str, dict[str, Any]]] = (), baselines: dict[str, str] | None = None,
+              verbose: bool = False) -> TableData | None:
+    """Plan, run or reuse, print. Returns the table (None for a dry run). `extra`: (method, overrides) added to
+    the plan (`--with`); `baselines`: method -> the row its deltas are measured against (`--compare-to`);
+    `verbose`: library logs on the terminal instead of the log file (repro/terminal.py)."""
     p = get_preset(preset)
     table = table or "main"
     if fmt not in ("rich", "csv", "json", "markdown"):
@@ -191,7 +178,7 @@ def reproduce(table: str | None = "main", preset: str = "tiny", plot_dir: str | 
     # The plan goes to stdout for a dry run (it is the output), to stderr otherwise (stdout is the table).
     console = Console(file=sys.stdout if dry_run else sys.stderr, width=160)
     factory = open_db(url) if (exists or not dry_run) else None
-    steps = plan_table(table, p, factory, fresh)
+    steps = plan_table(table, p, factory, fresh, extra)
     gpu = p.device.startswith("cuda") and params_b(p.base_model) is not None
     if dry_run and fmt == "json":
         print(json.dumps(plan_json(steps, p, table, data_dir, estimate=gpu), indent=1, default=str))
@@ -202,9 +189,9 @@ def reproduce(table: str | None = "main", preset: str = "tiny", plot_dir: str | 
     if dry_run:
         return None
     t0 = time.perf_counter()
-    with stdout_to_stderr():  # vLLM and its engine processes log to stdout; stdout is for the table
+    with quiet(f"table-{table}", verbose, [console]):  # engine and library logs -> a log file (stdout: the table)
         failures = execute(steps, p, factory, data_dir=data_dir, fresh=fresh, console=console)
-    result = build_table(table, p, factory, steps)
+    result = build_table(table, p, factory, steps, baselines)
     if p.label:
         result.title += f" [{p.label}]"
         result.notes.insert(0, f"{p.name}: {p.label}")
