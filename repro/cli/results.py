@@ -126,6 +126,8 @@ def show(run_id: int = typer.Argument(...), db: Db = DEFAULT_DB,
         if run is None:
             fail(f"no run {run_id} in {display_url(db)}")
         evals = s.scalars(select(Evaluation).where(Evaluation.run_id == run_id).order_by(Evaluation.id)).all()
+        order = bench_order(ev.benchmark for ev in evals)  # the presets' order, not the order they were run
+        evals = sorted(evals, key=lambda ev: (order.index(ev.benchmark), ev.id))
         picks = {ev.id: [s.scalars(select(Sample).where(Sample.evaluation_id == ev.id, Sample.correct == ok)
                                    .order_by(Sample.problem_id, Sample.sample_index).limit(examples)).all()
                          for ok in (True, False)] for ev in evals}

@@ -1,0 +1,54 @@
+"""Synthetic results.db content for table, CLI and comparison tests: finished runs with per-sample verdicts.
+
+    run_id = add_run(factory, preset, "sft", verdicts(seed=1, benches, problems=12, n=8, p=0.4))
+
+A run is stored with the config hash the planner computes for it (repro/runs.py: run_config), so
+`--table main` reuses it instead of training; its evaluations carry the preset's sampling, so the
+main table shows them. Verdicts are drawn from a seeded generator: every test sees the same rows.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from harness.store import Evaluation, Sample, finish_run, get_or_create_run, session_scope
+from repro.presets import Preset
+
+
+def verdicts(seed: int, benches: list[str], problems: int, n: int, p: float) -> dict[str, dict[str, list[bool]]]:
+    rng = random.Random(seed)
+    return {b: {f"{b}-{i:03d}": [rng.random() < p for _ in range(n)] for i in range(problems)} for b in benches}
+
+
+def sampling(preset: Preset, bench: str, **changes: Any) -> dict[str, Any]:
+    e = preset.eval
+    return {"n": e.n_for(bench), "temperature": e.temperature, "top_p": e.top_p, "max_tokens": e.max_tokens,
+            "seed": e.seed, **changes}
+
+
+def add_run(factory: sessionmaker[Session], preset: Preset, method: str, rows: dict[str, dict[str, list[bool]]],
+            config: dict[str, Any] | None = None, **sampling_changes: Any) -> int:
+    """A finished run of `method` on `preset` with one finished evaluation per benchmark of `rows`."""
+    from repro.runs import base_config, run_config
+
+    if config is None:
+        config = base_config(preset) if method == "base" else run_config(preset, method)[1]
+    run, _ = get_or_create_run(factory, method=method, model=preset.base_model, preset=preset.name,
+                               seed=preset.seed, config=config)
+    with session_scope(factory) as s:
+        for bench, problems in rows.items():
+            ev = Evaluation(run_id=run.id, benchmark=bench, template=preset.eval.template,
+                            sampling=sampling(preset, bench, **sampling_changes), grader={"grader": "test"},
+                            eval_hash=f"{bench}-{sampling_changes}", n_problems=len(problems), status="finished",
+                            metrics={"avg@n": sum(map(sum, problems.values())) / sum(map(len, problems.values()))})
+            s.add(ev)
+            s.flush()
+            s.add_all(Sample(evaluation_id=ev.id, problem_id=pid, sample_index=j, prompt="q", completion="a",
+                             gold="1", prompt_tokens=1, completion_tokens=1, finish_reason="stop",
+                             extracted="1" if ok else "2", correct=ok, grading_ms=0.0)
+                      for pid, oks in problems.items() for j, ok in enumerate(oks))
+    finish_run(factory, run.id, checkpoint=f"/nonexistent/{method}")
+    return run.id
