@@ -74,7 +74,11 @@ def register_method(cls: type) -> type:
 
 
 def _load_builtin(name: str) -> None:
-    importlib.import_module(BUILTIN[name])
+    module = importlib.import_module(BUILTIN[name])
+    if name not in _REGISTRY:  # imported before a registry `restore`: its decorator does not run again
+        for obj in vars(module).values():
+            if isinstance(obj, type) and obj.__module__ == module.__name__ and getattr(obj, "name", None) == name:
+                register_method(obj)
     if name not in _REGISTRY:
         raise RuntimeError(f"importing {BUILTIN[name]} did not register method {name!r} (fix BUILTIN)")
 
@@ -152,7 +156,8 @@ def load_method_file(spec: str) -> list[str]:
         found = [register_method(obj)]
         path = Path(sys.modules[obj.__module__].__file__).resolve()
         digest = _file_sha256(path)
-    found += [c for n, c in _REGISTRY.items() if before.get(n) is not c and c not in found]
+    # what the import registered, less the built-ins it imported on the way (`from methods.sft import SFT`)
+    found += [c for n, c in _REGISTRY.items() if before.get(n) is not c and c not in found and n not in BUILTIN]
     if not found:
         raise MethodFileError(f"--method-file {spec}: registered no method (decorate a class with @register_method)")
     for cls in found:
@@ -188,7 +193,9 @@ def reference_method(name: str) -> str | None:
 
 
 def snapshot() -> dict[str, type]:
-    """The registry as it is (tests restore it with `restore`, so no registration leaks between tests)."""
+    """The registry with every built-in loaded (tests restore it with `restore`, so no registration leaks)."""
+    for name in BUILTIN:
+        _load_builtin(name)
     return dict(_REGISTRY)
 
 

@@ -24,9 +24,18 @@ def verdicts(seed: int, benches: list[str], problems: int, n: int, p: float) -> 
 
 
 def sampling(preset: Preset, bench: str, **changes: Any) -> dict[str, Any]:
-    e = preset.eval
-    return {"n": e.n_for(bench), "temperature": e.temperature, "top_p": e.top_p, "max_tokens": e.max_tokens,
-            "seed": e.seed, **changes}
+    """The sampling an evaluation under the preset's protocol stores (harness/evaluate.py), with `changes`."""
+    from harness.evaluate import eval_identity
+
+    return {**eval_identity(bench, [], preset.eval, {})[0], **changes}
+
+
+def grader_settings() -> dict[str, Any]:
+    """What a real evaluation stores as its grader (compare checks it like any protocol field)."""
+    from harness.grading import Grader
+
+    with Grader(workers=0) as g:
+        return g.settings()
 
 
 def add_run(factory: sessionmaker[Session], preset: Preset, method: str, rows: dict[str, dict[str, list[bool]]],
@@ -41,7 +50,7 @@ def add_run(factory: sessionmaker[Session], preset: Preset, method: str, rows: d
     with session_scope(factory) as s:
         for bench, problems in rows.items():
             ev = Evaluation(run_id=run.id, benchmark=bench, template=preset.eval.template,
-                            sampling=sampling(preset, bench, **sampling_changes), grader={"grader": "test"},
+                            sampling=sampling(preset, bench, **sampling_changes), grader=grader_settings(),
                             eval_hash=f"{bench}-{sampling_changes}", n_problems=len(problems), status="finished",
                             metrics={"avg@n": sum(map(sum, problems.values())) / sum(map(len, problems.values()))})
             s.add(ev)
