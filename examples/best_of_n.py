@@ -30,7 +30,8 @@ class BestOfN(SFT):
     def extra_examples(self, base_model, prompts, cfg, ctx: RunContext):
         gen = ctx.make_generator(base_model)
         texts = [render(ctx.template, p.problem, gen.tokenizer) for p in prompts]
-        outs = gen.generate(texts, Sampling(n=cfg.samples, temperature=1.0, max_tokens=cfg.max_new_tokens, seed=ctx.seed))
+        sampling = Sampling(n=cfg.samples, temperature=1.0, max_tokens=cfg.max_new_tokens, seed=ctx.seed)
+        outs = gen.generate(texts, sampling)
         pairs = [(t, c.text, p.answer) for t, p, cs in zip(texts, prompts, outs) for c in cs]
         verdicts = ctx.grader.grade([(c, gold) for _, c, gold in pairs])
         ctx.log_step(0, phase="best-of-n", reward_mean=sum(v.correct for v in verdicts) / len(verdicts))

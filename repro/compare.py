@@ -22,7 +22,6 @@ from harness.store import Evaluation, Run, session_scope
 from repro.render import Cell, TableData, format_pct
 from repro.scores import ALPHA, PAIRED_METHOD, BenchScores, macro_weighted, paired_p, run_scores
 
-
 RUNTIME_KEYS = RUNTIME_GRADER_KEYS | {"timeout_clock"}  # the clock follows the worker count: how, not what
 
 

@@ -189,7 +189,8 @@ def reproduce(table: str | None = "main", preset: str = "tiny", plot_dir: str | 
     if dry_run:
         return None
     t0 = time.perf_counter()
-    with quiet(f"table-{table}", verbose, [console]):  # engine and library logs -> a log file (stdout: the table)
+    work = any(st.action in ("run", "resume", "evaluate") for st in steps)
+    with quiet(f"table-{table}", verbose, [console], active=work):  # engine and library logs -> a log file
         failures = execute(steps, p, factory, data_dir=data_dir, fresh=fresh, console=console)
     result = build_table(table, p, factory, steps, baselines)
     if p.label:

@@ -62,10 +62,12 @@ def log_path(name: str) -> Path:
 
 
 @contextmanager
-def quiet(name: str, verbose: bool = False, consoles: Sequence[Console] = ()) -> Iterator[Path | None]:
-    """Descriptors 1 and 2 -> a new log file for the block (yields its path; None when `verbose`)."""
+def quiet(name: str, verbose: bool = False, consoles: Sequence[Console] = (),
+          active: bool = True) -> Iterator[Path | None]:
+    """Descriptors 1 and 2 -> a new log file for the block (yields its path; None when `verbose`, or when not
+    `active`: nothing will run, so no log file is made)."""
     silence_at_source()
-    if verbose:
+    if verbose or not active:
         with stdout_to_stderr():
             yield None
         return

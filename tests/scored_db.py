@@ -14,7 +14,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from benchmarks import load_benchmark
+from harness.protocol import EvalProtocol
 from harness.store import Evaluation, Sample, finish_run, get_or_create_run, session_scope
+from repro import presets
 from repro.presets import Preset
 
 
@@ -61,3 +64,18 @@ def add_run(factory: sessionmaker[Session], preset: Preset, method: str, rows: d
                       for pid, oks in problems.items() for j, ok in enumerate(oks))
     finish_run(factory, run.id, checkpoint=f"/nonexistent/{method}")
     return run.id
+
+
+def byom_preset(model_dir: str) -> Preset:
+    """A preset with tiny budgets on a tiny random model (tests/test_byom.py makes it in its subprocesses too: PRESET_SITE)."""
+    return presets.TINY.with_overrides(
+        name="test-byom", base_model=model_dir, train_limit=8, benchmarks=("arith-easy",), eval_limit=6,
+        eval=EvalProtocol(template="tiny-boxed", temperature=0.0, max_tokens=4, n_default=2, pass_k=(1,)))
+
+
+def seed_main_runs(factory, preset) -> None:
+    """base, sft, grpo, lr-sft, lr-grpo as finished runs (the planner's hashes) over the preset's problems."""
+    ids = [p.id for p in load_benchmark("arith-easy", limit=preset.eval_limit)]
+    for k, m in enumerate(("base", "sft", "grpo", "lr-sft", "lr-grpo")):
+        add_run(factory, preset, m, {"arith-easy": {pid: [(i + k) % 3 == 0, (i * k) % 2 == 0]
+                                                    for i, pid in enumerate(ids)}})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -19,11 +20,10 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from scored_db import add_run, sampling
+from scored_db import add_run, byom_preset, sampling, seed_main_runs
 from typer.testing import CliRunner
 
 from benchmarks import load_benchmark
-from harness.protocol import EvalProtocol
 from harness.store import open_db
 from methods.registry import MethodFileError, load_method_file, preset_fields, reference_method
 from repro import presets
@@ -148,21 +148,10 @@ def test_an_installed_entry_point_is_found_with_no_flag(tmp_path, monkeypatch, s
 
 @pytest.fixture
 def mini_preset(monkeypatch, tiny_model_dir, tmp_path):
-    preset = presets.TINY.with_overrides(
-        name="test-byom", base_model=str(tiny_model_dir), train_limit=8, benchmarks=("arith-easy",), eval_limit=6,
-        eval=EvalProtocol(template="tiny-boxed", temperature=0.0, max_tokens=4, n_default=2, pass_k=(1,)),
-    )
+    preset = byom_preset(str(tiny_model_dir))
     monkeypatch.setitem(presets.PRESETS, "test-byom", preset)
     monkeypatch.setenv("LATENTREVISE_RUNS", str(tmp_path / "runs"))
     return preset
-
-
-def _seed_main_runs(factory, preset) -> None:
-    """base, sft, grpo, lr-sft, lr-grpo as finished runs (the planner's hashes) over the preset's problems."""
-    ids = [p.id for p in load_benchmark("arith-easy", limit=preset.eval_limit)]
-    for k, m in enumerate(("base", "sft", "grpo", "lr-sft", "lr-grpo")):
-        add_run(factory, preset, m, {"arith-easy": {pid: [(i + k) % 3 == 0, (i * k) % 2 == 0]
-                                                    for i, pid in enumerate(ids)}})
 
 
 def _sql_scores(db: Path, run_id: int) -> dict[str, float]:
@@ -177,10 +166,24 @@ def _run_id(db: Path, method: str) -> int:
         return conn.execute("SELECT id FROM runs WHERE method = ?", (method,)).fetchone()[0]
 
 
+def _row_matches_sql(db: Path, output: str) -> dict:
+    """The best-of-n row's arith-easy cell of the table in `output` (JSON after the plan), checked against a
+    recomputation from the samples with SQL: Δ vs lr-sft and the paired p over the same 6 problems."""
+    table = json.loads(output[output.index('{\n  "title"'):])
+    cell = next(r for r in table["rows"] if r["method"] == "best-of-n")["arith-easy (n=2)"]
+    mine, ref = _sql_scores(db, _run_id(db, "best-of-n")), _sql_scores(db, _run_id(db, "lr-sft"))
+    common = sorted(set(mine) & set(ref))
+    assert len(common) == 6 and cell["baseline"] == "lr-sft" and cell["n_paired"] == 6
+    a, b = [mine[p] for p in common], [ref[p] for p in common]
+    assert cell["delta"] == pytest.approx(sum(a) / 6 - sum(b) / 6, abs=1e-12)
+    assert cell["p"] == pytest.approx(paired_p(a, b), abs=1e-12)
+    return cell
+
+
 def test_table_row_vs_lr_sft_and_compare_reproduce_the_paired_test(mini_preset, method_file, tmp_path,
                                                                    scoped_registry):
     db = tmp_path / "r.db"
-    _seed_main_runs(open_db(f"sqlite:///{db}"), mini_preset)
+    seed_main_runs(open_db(f"sqlite:///{db}"), mini_preset)
     res = runner.invoke(_app(), ["train", "best-of-n", "--method-file", str(method_file), "--preset", "test-byom",
                                  "--backend", "hf", "--db", str(db), *TRAIN_SET])
     assert res.exit_code == 0, res.output
@@ -188,15 +191,7 @@ def test_table_row_vs_lr_sft_and_compare_reproduce_the_paired_test(mini_preset, 
                                  "--with", "best-of-n", "--compare-to", "lr-sft", "--format", "json", "--db", str(db),
                                  *TRAIN_SET])
     assert res.exit_code == 0, res.output
-    table = json.loads(res.output[res.output.index('{\n  "title"'):])
-    row = next(r for r in table["rows"] if r["method"] == "best-of-n")
-    cell = row["arith-easy (n=2)"]
-    mine, ref = _sql_scores(db, _run_id(db, "best-of-n")), _sql_scores(db, _run_id(db, "lr-sft"))
-    common = sorted(set(mine) & set(ref))
-    assert len(common) == 6 and cell["baseline"] == "lr-sft" and cell["n_paired"] == 6
-    a, b = [mine[p] for p in common], [ref[p] for p in common]
-    assert cell["delta"] == pytest.approx(sum(a) / 6 - sum(b) / 6, abs=1e-12)
-    assert cell["p"] == pytest.approx(paired_p(a, b), abs=1e-12)
+    cell = _row_matches_sql(db, res.output)
     assert "reuse" in res.output.split('{\n  "title"')[0]  # the trained run was reused, not retrained
 
     res = runner.invoke(_app(), ["compare", str(_run_id(db, "best-of-n")), str(_run_id(db, "lr-sft")),
@@ -222,3 +217,50 @@ def test_compare_refuses_different_protocols_and_names_the_fields(tmp_path, mini
     row = res.output.splitlines()[1].split(",")
     assert row[:2] == ["arith-easy", "3"]  # matching problems only
     assert sampling(mini_preset, "arith-easy")["temperature"] == 0.0
+
+
+def test_no_registration_leaks_between_tests():
+    """Run after the tests above (file order) and tests/test_third_party.py: their methods are gone again."""
+    from methods.registry import snapshot
+
+    assert {"best-of-n", "third-party-copy", "attr-method", "packaged-method"}.isdisjoint(snapshot())
+
+
+# A sitecustomize for the subprocesses: the test preset exists there too (the method file stays the README's).
+PRESET_SITE = """
+import os
+if os.environ.get("BYOM_TEST_MODEL"):
+    import sys
+    sys.path.insert(0, os.environ["BYOM_TEST_DIR"])
+    from repro import presets
+    from scored_db import byom_preset
+    presets.PRESETS["test-byom"] = byom_preset(os.environ["BYOM_TEST_MODEL"])
+"""
+
+
+@pytest.mark.slow
+def test_readme_method_from_a_file_to_the_main_table_in_subprocesses(tmp_path, method_file, tiny_model_dir):
+    """`train best-of-n --method-file FILE`, then `--table main --with best-of-n --compare-to lr-sft`, from a
+    fresh working directory; the other main-table runs are stored already (reused, so no engine starts)."""
+    cwd, site = tmp_path / "cwd", tmp_path / "site"
+    cwd.mkdir()
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(PRESET_SITE)
+    seed_main_runs(open_db(f"sqlite:///{cwd / 'results.db'}"), byom_preset(str(tiny_model_dir)))
+    env = {**os.environ, "PYTHONPATH": f"{site}:{ROOT}", "BYOM_TEST_MODEL": str(tiny_model_dir),
+           "BYOM_TEST_DIR": str(ROOT / "tests"), "LATENTREVISE_RUNS": str(tmp_path / "runs")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, str(ROOT / "reproduce.py"), *args], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    cli("train", "best-of-n", "--method-file", str(method_file), "--preset", "test-byom", "--backend", "hf",
+        *TRAIN_SET)
+    table = cli("--table", "main", "--preset", "test-byom", "--with", "best-of-n", "--compare-to", "lr-sft",
+                "--method-file", str(method_file), "--format", "json", *TRAIN_SET)
+    cell = _row_matches_sql(cwd / "results.db", "\n" + table.stdout)
+    got = json.loads(cli("compare", str(_run_id(cwd / "results.db", "best-of-n")),
+                         str(_run_id(cwd / "results.db", "lr-sft")), "--format", "json").stdout)["rows"][0]
+    assert (got["Δ A-B"]["delta"], got["Δ A-B"]["p"]) == (cell["delta"], cell["p"])

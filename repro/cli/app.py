@@ -56,7 +56,8 @@ Debug = Annotated[bool, typer.Option("--debug", envvar=DEBUG_ENV, help="show tra
 MethodFiles = Annotated[list[str], typer.Option(
     "--method-file", help="a Python file (or module:attr) whose @register_method classes join the registry "
     "(repeatable); its path and content hash enter the run's config")]
-Verbose = Annotated[bool, typer.Option("--verbose", help="engine and library logs on the terminal, not in the log file")]
+Verbose = Annotated[bool, typer.Option(
+    "--verbose", help="engine and library logs on the terminal, not in the log file")]
 
 
 def fail(message: str) -> NoReturn:
