@@ -90,6 +90,8 @@ def main_table(factory: sessionmaker[Session], preset: Preset, prefer: dict[str,
     columns = ["method", "run", *bench_columns.values(), "average"]
     rows = [_main_row(m, runs[m], scored, bench_columns, preset, notes, (baselines or {}).get(m)) for m in scored]
     notes += _main_notes(preset)
+    notes += [f"Δ for {m}: vs {b} (--compare-to, or the LatentRevise variant of the method's family)" for m in scored
+              if (b := (baselines or {}).get(m) or baseline_of(m)) not in (BASELINE.get(m), "base", None)]
     return TableData(f"Main results ({preset.name}, base model {preset.base_model})", columns, rows, notes)
 
 

@@ -177,6 +177,7 @@ def _row_matches_sql(db: Path, output: str) -> dict:
     a, b = [mine[p] for p in common], [ref[p] for p in common]
     assert cell["delta"] == pytest.approx(sum(a) / 6 - sum(b) / 6, abs=1e-12)
     assert cell["p"] == pytest.approx(paired_p(a, b), abs=1e-12)
+    assert any(n.startswith("Δ for best-of-n: vs lr-sft") for n in table["notes"])
     return cell
 
 
@@ -193,6 +194,10 @@ def test_table_row_vs_lr_sft_and_compare_reproduce_the_paired_test(mini_preset, 
     assert res.exit_code == 0, res.output
     cell = _row_matches_sql(db, res.output)
     assert "reuse" in res.output.split('{\n  "title"')[0]  # the trained run was reused, not retrained
+    default = runner.invoke(_app(), ["--table", "main", "--preset", "test-byom", "--method-file", str(method_file),
+                                     "--with", "best-of-n", "--format", "json", "--db", str(db), *TRAIN_SET])
+    assert default.exit_code == 0, default.output
+    assert _row_matches_sql(db, default.output) == cell  # family "sft": lr-sft is the default reference
 
     res = runner.invoke(_app(), ["compare", str(_run_id(db, "best-of-n")), str(_run_id(db, "lr-sft")),
                                  "--format", "json", "--db", str(db)])

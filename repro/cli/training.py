@@ -29,6 +29,7 @@ from repro.cli.app import (
     fail,
     load_method_files,
 )
+from repro.cli.errors import err_console
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -74,7 +75,7 @@ def train(
     except KeyError as e:
         fail(str(e.args[0]))
     factory = open_db(db)
-    with quiet(f"train-{method}", verbose, [console]):
+    with quiet(f"train-{method}", verbose, [console, err_console]):  # err_console: fail() inside the block
         try:
             run = runner.train_method(factory, chosen, method, overrides=parse_overrides(overrides),
                                       data_dir=data_dir, fresh=fresh, backend=backend)
