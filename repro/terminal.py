@@ -6,9 +6,10 @@
 Inside the block, file descriptors 1 and 2 point at the log file, so everything a library prints,
 Python logging, warnings, tqdm bars, and the output of child processes (vLLM's engine core runs in
 a subprocess that inherits the descriptors), lands there, whatever the library's logging set-up.
-What we print stays on the terminal: the given rich consoles and rich's global console (which
-every progress bar of the harness uses) write to a duplicate of the terminal's stderr for the
-block. `verbose=True` keeps the logs on the terminal (stderr: stdout still carries only the table).
+What we print stays on the terminal: the given rich consoles write to a duplicate of the
+descriptor they wrote to, and rich's global console (which every progress bar of the harness
+uses) to a duplicate of the terminal's stderr, for the block. `verbose=True` keeps the logs on
+the terminal (on stderr: stdout still carries only the table).
 
 Before any engine is imported, `silence_at_source` turns off what a user cannot act on: vLLM's
 usage-stats notice and tokenizer fork warnings (environment variables read at import) and a few
@@ -81,7 +82,7 @@ def quiet(name: str, verbose: bool = False, consoles: Sequence[Console] = (),
     except OSError:  # no real descriptors (an embedded runner): nothing to redirect
         yield path
         return
-    terminal = os.fdopen(os.dup(saved[1]), "w", buffering=1)
+    terminal = {fd: os.fdopen(os.dup(s), "w", buffering=1) for fd, s in zip((1, 2), saved)}
     with open(path, "ab", buffering=0) as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
@@ -96,7 +97,8 @@ def quiet(name: str, verbose: bool = False, consoles: Sequence[Console] = (),
             os.dup2(saved[1], 2)
             for fd in saved:
                 os.close(fd)
-            terminal.close()
+            for f in terminal.values():
+                f.close()
 
 
 @contextmanager
@@ -118,27 +120,30 @@ def stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _on_std_fd(f: IO[str]) -> bool:
+def _std_fd(f: IO[str]) -> int | None:
+    """1 or 2 when `f` writes to that descriptor, else None."""
     try:
-        return f.fileno() in (1, 2)
+        fd = f.fileno()
     except (AttributeError, OSError, ValueError):  # an in-memory stream (a test runner's): it stays as it is
-        return False
+        return None
+    return fd if fd in (1, 2) else None
 
 
-def _retarget(consoles: Sequence[Console], terminal: IO[str]) -> Callable[[], None]:
-    """Point the consoles and rich's global console (progress bars) that write to descriptor 1 or 2 at
-    `terminal`; returns the undo."""
+def _retarget(consoles: Sequence[Console], terminal: dict[int, IO[str]]) -> Callable[[], None]:
+    """Point each console that writes to descriptor 1 or 2 at the terminal's copy of that descriptor, and rich's
+    global console (every progress bar) at the terminal's stderr (stdout may carry a table); returns the undo."""
     import rich
 
     old_global = rich.get_console()
-    moved = [(c, c._file) for c in consoles if _on_std_fd(c.file)]  # _file None = "sys.stdout at print time"
-    for c, _ in moved:
-        c.file = terminal
-    if _on_std_fd(old_global.file):
-        rich._console = Console(file=terminal)
+    moved = [(c, c._file, _std_fd(c.file)) for c in consoles]  # _file None = "sys.stdout at print time"
+    moved = [(c, f, fd) for c, f, fd in moved if fd is not None]
+    for c, _, fd in moved:
+        c.file = terminal[fd]
+    if _std_fd(old_global.file) is not None:
+        rich._console = Console(file=terminal[2])
 
     def restore() -> None:
-        for c, f in moved:
+        for c, f, _ in moved:
             c._file = f
         rich._console = old_global
 

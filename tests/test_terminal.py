@@ -25,19 +25,21 @@ QUIET_LINES = 12  # the most lines `train` may print when quiet: log path, run l
 
 def test_library_output_and_child_processes_go_to_the_log_file(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("LATENTREVISE_LOGS", str(tmp_path / "logs"))
-    ours = Console(file=sys.__stderr__)
-    with quiet("unit", consoles=[ours]) as path:
+    ours, out = Console(file=sys.__stderr__), Console(file=sys.__stdout__)
+    with quiet("unit", consoles=[ours, out]) as path:
         os.write(1, b"INFO engine on fd 1\n")
         os.write(2, b"WARNING library on fd 2\n")
         subprocess.run([sys.executable, "-c", "import sys; print('INFO child'); print('child err', file=sys.stderr)"],
                        check=True)
         ours.print("progress of ours")
+        out.print("a result line")
     log = path.read_text()
     assert ["INFO engine on fd 1", "WARNING library on fd 2", "INFO child", "child err"] == [
         line for line in log.splitlines() if line]
     terminal = capfd.readouterr()
     assert "INFO" not in terminal.out + terminal.err
     assert "progress of ours" in terminal.err and f"logs: {path}" in " ".join(terminal.err.split())
+    assert terminal.out == "a result line\n"  # a console on stdout stays on stdout
     os.write(1, b"after\n")  # descriptors restored
     assert capfd.readouterr().out == "after\n"
 
