@@ -290,7 +290,8 @@ def main() -> None:
         res[f"revise_k10_s[{name}]"] = t1 + (10 - a.k1) * step
         if dev == "cuda":
             res[f"peak_mem_gib[{name}]"] = torch.cuda.max_memory_allocated() / 2**30
-        print(f"FW step ({name}, checkpointing={ck if ck is not None else ckpt_default}): {1e3 * step:.1f} ms", flush=True)
+        ck_shown = ck if ck is not None else ckpt_default
+        print(f"FW step ({name}, checkpointing={ck_shown}): {1e3 * step:.1f} ms", flush=True)
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -302,7 +303,8 @@ def main() -> None:
             sync(dev)
         key = "cuda_time_total" if dev == "cuda" else "cpu_time_total"
         Path(a.profile).write_text(prof.key_averages().table(sort_by=key, row_limit=25))
-    floor = timed(floor_step(core, model, items, a, dev), dev, a.repeats) - timed(prefill(core, model, items, a, dev), dev, a.repeats)
+    floor = (timed(floor_step(core, model, items, a, dev), dev, a.repeats)
+             - timed(prefill(core, model, items, a, dev), dev, a.repeats))
     res["floor_fwd_bwd_ms"] = 1e3 * floor
     step = res["fw_step_ms[default]"] / 1e3
     res["ratio_fw_to_floor"] = step / floor
@@ -336,7 +338,8 @@ def main() -> None:
         bound = (N * min(chunk, V) * (4 + E.element_size()) + N * H * E.element_size()) / 2**20
         res[f"oracle_extra_mib[chunk={chunk}]"] = extra
         res[f"oracle_bound_mib[chunk={chunk}]"] = bound
-        print(f"oracle chunk={chunk}: extra {'n/a (cpu)' if extra is None else f'{extra:.0f}'} MiB, bound {bound:.0f} MiB,"
+        shown = "n/a (cpu)" if extra is None else f"{extra:.0f}"
+        print(f"oracle chunk={chunk}: extra {shown} MiB, bound {bound:.0f} MiB,"
               f" unchunked {res['oracle_unchunked_mib']:.0f} MiB", flush=True)
 
     # the same compute spent by resample

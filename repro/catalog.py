@@ -22,8 +22,11 @@ BASELINE = {"lr-sft": "sft", "lr-grpo": "grpo"}  # everything else is compared w
 
 
 def baseline_of(method: str) -> str | None:
-    """The method a row's deltas are measured against (None for the base model itself)."""
-    return BASELINE.get(method, "base") if method != "base" else None
+    """The method a row's deltas are measured against (None for the base model itself): BASELINE, else for a
+    registered third-party method the LatentRevise variant of its declared family, else base."""
+    from methods.registry import reference_method
+
+    return (BASELINE.get(method) or reference_method(method) or "base") if method != "base" else None
 
 
 @dataclass(frozen=True)

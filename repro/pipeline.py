@@ -20,9 +20,8 @@ import json
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -36,12 +35,14 @@ from repro.plan import Step, plan_table, planned_hashes
 from repro.presets import BUDGET_FIELDS, CONFIG_BASE, GEN_FIELDS, Preset, get_preset
 from repro.render import TableData, render
 from repro.tables import ablation_table, main_table, rescue_table
+from repro.terminal import quiet
 
 
-def build_table(table: str, preset: Preset, factory: sessionmaker[Session], steps: list[Step]) -> TableData:
+def build_table(table: str, preset: Preset, factory: sessionmaker[Session], steps: list[Step],
+                baselines: dict[str, str] | None = None) -> TableData:
     prefer = planned_hashes(steps)
     if table == "main":
-        return main_table(factory, preset, prefer=prefer)
+        return main_table(factory, preset, prefer=prefer, baselines=baselines)
     if table == "reference":
         from repro.reference import reference_table
 
@@ -100,7 +101,8 @@ def print_plan(steps: list[Step], preset: Preset, table: str, console: Console, 
     if preset.label:
         console.print(f"[bold]{preset.name}: {preset.label}[/bold]", highlight=False)
     t = Table(title=f"plan: --table {table} --preset {preset.name} ({preset.base_model})")
-    for c in ("run", "method", "overrides", "config hash", "action", "detail") + (("GPU h", "tokens") if estimate else ()):
+    cost_cols = ("GPU h", "tokens") if estimate else ()
+    for c in ("run", "method", "overrides", "config hash", "action", "detail") + cost_cols:
         t.add_column(c, overflow="fold")
     total = 0.0
     for st in steps:
@@ -122,7 +124,8 @@ def print_plan(steps: list[Step], preset: Preset, table: str, console: Console, 
                   f"T={preset.eval.temperature}, top-p {preset.eval.top_p}, max {preset.eval.max_tokens} tokens, n="
                   + ", ".join(f"{b}:{preset.eval.n_for(b)}" for b in preset.benchmarks), highlight=False)
     if estimate:
-        console.print(f"estimate: {total:.1f} GPU hours in total (one H100), runs marked reuse included", highlight=False)
+        console.print(f"estimate: {total:.1f} GPU hours in total (one H100), runs marked reuse included",
+                      highlight=False)
         for line in assumptions(preset, data_dir):
             console.print(f"  - {line}", highlight=False)
 
@@ -159,27 +162,13 @@ def plan_json(steps: list[Step], preset: Preset, table: str, data_dir: str | Non
     }
 
 
-@contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """File descriptor 1 -> 2 for the block, inherited by child processes (engines), then restored."""
-    sys.stdout.flush()
-    try:
-        saved = os.dup(1)
-    except OSError:  # no real stdout (some embedded runners): nothing to protect
-        yield
-        return
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def reproduce(table: str | None = "main", preset: str = "tiny", plot_dir: str | None = None, dry_run: bool = False,
-              fresh: bool = False, fmt: str = "rich", db: str = "results.db", data_dir: str | None = None) -> TableData | None:
-    """Plan, run or reuse, print. Returns the table (None for a dry run)."""
+              fresh: bool = False, fmt: str = "rich", db: str = "results.db", data_dir: str | None = None,
+              extra: Sequence[tuple[str, dict[str, Any]]] = (), baselines: dict[str, str] | None = None,
+              verbose: bool = False) -> TableData | None:
+    """Plan, run or reuse, print. Returns the table (None for a dry run). `extra`: (method, overrides) added to
+    the plan (`--with`); `baselines`: method -> the row its deltas are measured against (`--compare-to`);
+    `verbose`: library logs on the terminal instead of the log file (repro/terminal.py)."""
     p = get_preset(preset)
     table = table or "main"
     if fmt not in ("rich", "csv", "json", "markdown"):
@@ -191,7 +180,7 @@ def reproduce(table: str | None = "main", preset: str = "tiny", plot_dir: str | 
     # The plan goes to stdout for a dry run (it is the output), to stderr otherwise (stdout is the table).
     console = Console(file=sys.stdout if dry_run else sys.stderr, width=160)
     factory = open_db(url) if (exists or not dry_run) else None
-    steps = plan_table(table, p, factory, fresh)
+    steps = plan_table(table, p, factory, fresh, extra)
     gpu = p.device.startswith("cuda") and params_b(p.base_model) is not None
     if dry_run and fmt == "json":
         print(json.dumps(plan_json(steps, p, table, data_dir, estimate=gpu), indent=1, default=str))
@@ -202,9 +191,10 @@ def reproduce(table: str | None = "main", preset: str = "tiny", plot_dir: str | 
     if dry_run:
         return None
     t0 = time.perf_counter()
-    with stdout_to_stderr():  # vLLM and its engine processes log to stdout; stdout is for the table
+    work = any(st.action in ("run", "resume", "evaluate") for st in steps)
+    with quiet(f"table-{table}", verbose, [console], active=work):  # engine and library logs -> a log file
         failures = execute(steps, p, factory, data_dir=data_dir, fresh=fresh, console=console)
-    result = build_table(table, p, factory, steps)
+    result = build_table(table, p, factory, steps, baselines)
     if p.label:
         result.title += f" [{p.label}]"
         result.notes.insert(0, f"{p.name}: {p.label}")

@@ -11,7 +11,7 @@ machine without network.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -74,9 +74,12 @@ def table_steps(table: str, preset: Preset) -> list[Step]:
     raise ValueError(f"unknown table {table!r}; use main, rescue, reference or ablation-<{'|'.join(ABLATIONS)}>")
 
 
-def plan_table(table: str, preset: Preset, factory: sessionmaker[Session] | None, fresh: bool = False) -> list[Step]:
-    """Steps with their action: what the database already has decides reuse."""
+def plan_table(table: str, preset: Preset, factory: sessionmaker[Session] | None, fresh: bool = False,
+               extra: Sequence[tuple[str, dict[str, Any]]] = ()) -> list[Step]:
+    """Steps with their action: what the database already has decides reuse. `extra`: (method, overrides) of
+    runs added to the table's own (`--with`, e.g. a third-party method)."""
     steps = table_steps(table, preset)
+    steps += [Step(m, m, dict(o)) for m, o in extra if m not in {st.method for st in steps}]
     for st in steps:
         try:
             st.config_hash = run_hash(preset, st.method, st.overrides)

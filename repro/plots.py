@@ -139,6 +139,7 @@ def write_figures(factory: sessionmaker[Session], preset: Preset, out_dir: str |
                   prefer: dict[str, str] | None = None) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    made = [passk_figure(factory, preset, out / "passk.png", prefer), rescue_figure(factory, preset, out / "rescue.png"),
+    made = [passk_figure(factory, preset, out / "passk.png", prefer),
+            rescue_figure(factory, preset, out / "rescue.png"),
             fw_figure(factory, preset, out / "fw_dynamics.png")]
     return [p for p in made if p is not None]

@@ -31,7 +31,7 @@ from harness.generation import Generator, GeneratorFactory
 from harness.grading import grader_scope
 from harness.method import Budget, RunContext
 from harness.store import Run, finish_run, get_or_create_run, session_scope
-from methods.registry import build_config, get_method
+from methods.registry import build_config, get_method, preset_fields, source_identity
 from repro.presets import Preset
 
 RUNS_ENV = "LATENTREVISE_RUNS"
@@ -166,11 +166,12 @@ def base_run(factory: sessionmaker[Session], preset: Preset, progress: bool = Tr
 def run_config(preset: Preset, method: str, overrides: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """(method config object, the run config whose hash decides reuse)."""
     cls = get_method(method)
-    cfg = build_config(cls, {**preset.methods.get(method, {}), **(overrides or {})})
+    cfg = build_config(cls, {**preset_fields(cls, preset.name, preset.methods), **(overrides or {})})
     config = {
         **base_model_identity(preset), "method_config": asdict(cfg), "train_set": preset.train_set,
         "train_filter": preset.train_filter, "train_limit": preset.train_limit,
         "template": preset.eval.template, "seed": preset.seed,
+        **source_identity(cls),  # a --method-file's path and content hash: an edited file makes a new run
     }
     return cfg, config
 

@@ -84,14 +84,17 @@ def _macro_scores(scored: dict[str, BenchScores], benches: Sequence[str]) -> dic
 # ---------------------------------------------------------------------------------------------
 
 def main_table(factory: sessionmaker[Session], preset: Preset, prefer: dict[str, str] | None = None,
-               methods: Sequence[str] | None = None) -> TableData:
-    """One row per method on `preset`, one column per benchmark plus the macro average."""
+               methods: Sequence[str] | None = None, baselines: dict[str, str] | None = None) -> TableData:
+    """One row per method on `preset`, one column per benchmark plus the macro average (`baselines`: method ->
+    the row its deltas are measured against, instead of `baseline_of`; `--compare-to`)."""
     notes: list[str] = []
     runs, scored = _main_scores(factory, preset, prefer, methods, notes)
     bench_columns = {b: f"{b} (n={preset.eval.n_for(b)})" for b in preset.benchmarks}
     columns = ["method", "run", *bench_columns.values(), "average"]
-    rows = [_main_row(m, runs[m], scored, bench_columns, preset, notes) for m in scored]
+    rows = [_main_row(m, runs[m], scored, bench_columns, preset, notes, (baselines or {}).get(m)) for m in scored]
     notes += _main_notes(preset)
+    notes += [f"Δ for {m}: vs {b} (--compare-to, or the LatentRevise variant of the method's family)" for m in scored
+              if (b := (baselines or {}).get(m) or baseline_of(m)) not in (BASELINE.get(m), "base", None)]
     return TableData(f"Main results ({preset.name}, base model {preset.base_model})", columns, rows, notes)
 
 
@@ -111,10 +114,10 @@ def _main_scores(factory: sessionmaker[Session], preset: Preset, prefer: dict[st
 
 
 def _main_row(method: str, run: Run, scored: dict[str, dict[str, BenchScores]], bench_columns: dict[str, str],
-              preset: Preset, notes: list[str]) -> dict[str, Any]:
+              preset: Preset, notes: list[str], base_name: str | None = None) -> dict[str, Any]:
     """One method's row: a score cell per benchmark and the average, each with its delta vs the baseline row."""
     sc = scored[method]
-    base_name = baseline_of(method)
+    base_name = base_name or baseline_of(method)
     base_sc = scored.get(base_name) if base_name else None
     if base_name and base_sc is None:
         notes.append(f"{method}: baseline {base_name} has no row; no delta")

@@ -119,3 +119,14 @@ def hf_generator(tiny_model_dir):
     from harness.generation import HFGenerator
 
     return HFGenerator(str(tiny_model_dir), None)
+
+
+@pytest.fixture
+def scoped_registry():
+    """The method registry restored after the test: a third-party method registered by one test (a file, an
+    entry point, a class) does not leak into another, whatever the import order."""
+    from methods import registry
+
+    saved = registry.snapshot()
+    yield registry
+    registry.restore(saved)

@@ -1,4 +1,7 @@
-"""A method defined outside methods/ runs through the same CLI and lands in the leaderboard."""
+"""A method defined outside methods/ runs through the same CLI and lands in the leaderboard.
+
+Registrations are scoped to each test (`scoped_registry`): nothing here changes the registry another test sees.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +24,6 @@ class CopyConfig:
     note: str = "copies the base model"
 
 
-@register_method
 class CopyBase:
     """The smallest possible method: returns a copy of the base model and logs one step."""
 
@@ -36,6 +38,11 @@ class CopyBase:
 
 
 @pytest.fixture
+def copy_method(scoped_registry):
+    return register_method(CopyBase)
+
+
+@pytest.fixture
 def mini_preset(monkeypatch, tiny_model_dir, tmp_path):
     preset = presets.TINY.with_overrides(
         name="test-mini", base_model=str(tiny_model_dir), train_limit=8, benchmarks=("arith-easy",),
@@ -46,13 +53,13 @@ def mini_preset(monkeypatch, tiny_model_dir, tmp_path):
     return preset
 
 
-def test_registry_lists_the_method_and_checks_its_config():
+def test_registry_lists_the_method_and_checks_its_config(copy_method):
     assert available_methods()["third-party-copy"] is CopyBase
     with pytest.raises(ValueError, match="unknown config field"):
         build_config(CopyBase, {"nope": 1})
 
 
-def test_train_cli_runs_it_and_leaderboard_shows_it(mini_preset, tmp_path):
+def test_train_cli_runs_it_and_leaderboard_shows_it(mini_preset, copy_method, tmp_path):
     db = str(tmp_path / "r.db")
     cli = CliRunner()
     result = cli.invoke(app, ["train", "third-party-copy", "--preset", "test-mini", "--backend", "hf", "--db", db])
@@ -73,7 +80,7 @@ def test_train_cli_runs_it_and_leaderboard_shows_it(mini_preset, tmp_path):
         assert s.query(Run).filter_by(method="third-party-copy").count() == 1
 
 
-def test_train_cli_rejects_unknown_method_and_field(mini_preset, tmp_path):
+def test_train_cli_rejects_unknown_method_and_field(mini_preset, copy_method, tmp_path):
     cli = CliRunner()
     bad = cli.invoke(app, ["train", "no-such-method", "--db", str(tmp_path / "r.db")])
     assert bad.exit_code == 1 and "unknown method" in bad.output
@@ -82,17 +89,17 @@ def test_train_cli_rejects_unknown_method_and_field(mini_preset, tmp_path):
     assert bad.exit_code == 1 and "unknown config field" in bad.output
 
 
-def test_readme_example_method_trains_through_the_cli(mini_preset, tmp_path):
+def test_readme_example_method_trains_through_the_cli(mini_preset, scoped_registry, tmp_path):
     """examples/best_of_n.py is the README's "add your own method" code, verbatim."""
-    import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "examples" / "best_of_n.py"
-    spec = importlib.util.spec_from_file_location("best_of_n_example", path)
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    from methods.registry import load_method_file
+
+    load_method_file(str(Path(__file__).resolve().parent.parent / "examples" / "best_of_n.py"))
     db = str(tmp_path / "r.db")
     result = CliRunner().invoke(app, ["train", "best-of-n", "--preset", "test-mini", "--backend", "hf", "--db", db,
-                                      "--set", "samples=2", "--set", "max_new_tokens=8", "--set", "max_steps=2", "--no-eval"])
+                                      "--set", "samples=2", "--set", "max_new_tokens=8", "--set", "max_steps=2",
+                                      "--no-eval"])
     assert result.exit_code == 0, result.output
     with session_scope(open_db(db)) as s:
         run = s.query(Run).filter_by(method="best-of-n").one()

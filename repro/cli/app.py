@@ -53,12 +53,30 @@ PresetName = Annotated[str, typer.Option("--preset", help="tiny (CPU default) | 
 Format = Annotated[str, typer.Option("--format", help="rich | csv | json | markdown")]
 Backend = Annotated[str, typer.Option("--backend", help="auto (vLLM when installed) | vllm | hf")]
 Debug = Annotated[bool, typer.Option("--debug", envvar=DEBUG_ENV, help="show tracebacks instead of one-line errors")]
+MethodFiles = Annotated[list[str], typer.Option(
+    "--method-file", help="a Python file (or module:attr) whose @register_method classes join the registry "
+    "(repeatable); its path and content hash enter the run's config")]
+Verbose = Annotated[bool, typer.Option(
+    "--verbose", help="engine and library logs on the terminal, not in the log file")]
 
 
 def fail(message: str) -> NoReturn:
     """One line on stderr and exit status 1: the error path of every anticipated failure."""
     report(message)
     raise typer.Exit(code=1)
+
+
+def load_method_files(specs: list[str]) -> list[str]:
+    """Import each --method-file; the names of the methods they registered (a bad file is one line, exit 1)."""
+    from methods.registry import MethodFileError, load_method_file
+
+    names: list[str] = []
+    for spec in specs:
+        try:
+            names += load_method_file(spec)
+        except MethodFileError as e:
+            fail(str(e))
+    return names
 
 
 def check_format(fmt: str) -> str:

@@ -1,7 +1,10 @@
 """`train` and `methods`: one method on a preset (then its evaluation), and the registered methods.
 
     python reproduce.py train lr-sft --preset tiny --set fw_steps=5
-    python reproduce.py methods
+    python reproduce.py train best-of-n --method-file examples/best_of_n.py --preset tiny-smoke
+    python reproduce.py methods --method-file examples/best_of_n.py
+
+Engine and library logs go to a log file (repro/terminal.py; its path is printed once) unless --verbose.
 """
 
 from __future__ import annotations
@@ -13,7 +16,20 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from repro.cli.app import DEFAULT_DB, Backend, DataDir, Db, PresetName, app, console, fail
+from repro.cli.app import (
+    DEFAULT_DB,
+    Backend,
+    DataDir,
+    Db,
+    MethodFiles,
+    PresetName,
+    Verbose,
+    app,
+    console,
+    fail,
+    load_method_files,
+)
+from repro.cli.errors import err_console
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -40,43 +56,51 @@ def train(
     fresh: bool = typer.Option(False, "--fresh", help="retrain even if a finished identical run exists"),
     data_dir: DataDir = None,
     db: Db = DEFAULT_DB,
+    method_files: MethodFiles = [],  # noqa: B006  (typer reads the default)
+    verbose: Verbose = False,
 ) -> None:
     """Train one method on a preset (reusing an identical finished run), then evaluate it."""
     from harness.store import open_db
     from methods.registry import available_methods
     from repro import runs as runner
     from repro.presets import get_preset
+    from repro.terminal import quiet
 
+    load_method_files(method_files)
     if method not in available_methods():
-        fail(f"unknown method {method!r}; available: {', '.join(available_methods())}")
+        fail(f"unknown method {method!r}; available: {', '.join(available_methods())} "
+             "(a method in a file: --method-file FILE)")
     try:
         chosen = get_preset(preset)
     except KeyError as e:
         fail(str(e.args[0]))
     factory = open_db(db)
     engines = None
-    try:
+    with quiet(f"train-{method}", verbose, [console, err_console]):  # err_console: fail() inside the block
         try:
-            engines = runner.EnginePool(runner.generator_factory(chosen, backend))  # training's engine evaluates too
-            run = runner.train_method(factory, chosen, method, overrides=parse_overrides(overrides),
-                                      data_dir=data_dir, fresh=fresh, backend=backend, engines=engines)
-        except ValueError as e:  # unknown config field, bad value
-            fail(str(e))
-        console.print(f"run {run.id} ({run.method}, {run.status}): checkpoint {run.checkpoint}")
-        if evaluate:
-            metrics = runner.evaluate_run(factory, run, chosen, data_dir=data_dir, backend=backend, engines=engines)
-            for bench, m in metrics.items():
-                console.print(f"  {bench}: avg@{m.get('n')} = {m.get('avg@n', float('nan')):.4f}")
-    finally:
-        if engines is not None:
-            engines.shutdown()
+            try:
+                engines = runner.EnginePool(runner.generator_factory(chosen, backend))  # training's engine evaluates
+                run = runner.train_method(factory, chosen, method, overrides=parse_overrides(overrides),
+                                          data_dir=data_dir, fresh=fresh, backend=backend, engines=engines)
+            except ValueError as e:  # unknown config field, bad value
+                fail(str(e))
+            console.print(f"run {run.id} ({run.method}, {run.status}): checkpoint {run.checkpoint}")
+            if evaluate:
+                metrics = runner.evaluate_run(factory, run, chosen, data_dir=data_dir, backend=backend,
+                                              engines=engines)
+                for bench, m in metrics.items():
+                    console.print(f"  {bench}: avg@{m.get('n')} = {100 * m.get('avg@n', float('nan')):.1f} %")
+        finally:
+            if engines is not None:
+                engines.shutdown()
 
 
 @app.command()
-def methods() -> None:
+def methods(method_files: MethodFiles = []) -> None:  # noqa: B006  (typer reads the default)
     """Registered post-training methods and their config fields (name=default)."""
     from methods.registry import available_methods
 
+    load_method_files(method_files)
     table = Table(title="methods")
     table.add_column("name")
     table.add_column("class")
