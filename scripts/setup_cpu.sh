@@ -14,4 +14,7 @@ extra=()
 python -m pip install -q --upgrade pip
 python -m pip install -q "${extra[@]}" -e '.[cpu,dev,postgres]'
 python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+# lm-eval's minerva_math scorers need antlr4 4.11, ours run on 4.13: a private copy that only crosscheck's
+# scorer process puts on its path (repro/lmeval/scorers.py)
+python -m pip install -q --no-deps --target "$HOME/.cache/latentrevise/antlr4-4.11" antlr4-python3-runtime==4.11.0
 python -c "import torch, transformers, vllm; print('ready: torch', torch.__version__, 'transformers', transformers.__version__, 'vllm', vllm.__version__)"
