@@ -70,7 +70,7 @@ def byom_preset(model_dir: str) -> Preset:
     """A preset with tiny budgets on a tiny random model (test_byom.py's subprocesses make it too: PRESET_SITE)."""
     return presets.TINY.with_overrides(
         name="test-byom", base_model=model_dir, train_limit=8, benchmarks=("arith-easy",), eval_limit=6,
-        eval=EvalProtocol(template="tiny-boxed", temperature=0.0, max_tokens=4, n_default=2, pass_k=(1,)))
+        eval=EvalProtocol(template="tiny-boxed", temperature=1.0, max_tokens=4, n_default=2, pass_k=(1,)))
 
 
 def seed_main_runs(factory, preset) -> None:

@@ -215,13 +215,13 @@ def test_compare_refuses_different_protocols_and_names_the_fields(tmp_path, mini
                 temperature=0.6, max_tokens=8)
     res = runner.invoke(_app(), ["compare", str(a), str(b), "--db", str(db)])
     assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
-    assert "sampling.max_tokens: 4 vs 8" in res.output and "sampling.temperature: 0.0 vs 0.6" in res.output
+    assert "sampling.max_tokens: 4 vs 8" in res.output and "sampling.temperature: 1.0 vs 0.6" in res.output
     res = runner.invoke(_app(), ["compare", str(a), str(b), "--allow-protocol-mismatch", "--format", "csv",
                                  "--db", str(db)])
     assert res.exit_code == 0, res.output
     row = res.output.splitlines()[1].split(",")
     assert row[:2] == ["arith-easy", "3"]  # matching problems only
-    assert sampling(mini_preset, "arith-easy")["temperature"] == 0.0
+    assert sampling(mini_preset, "arith-easy")["temperature"] == 1.0
 
 
 def test_no_registration_leaks_between_tests():
