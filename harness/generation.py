@@ -103,7 +103,7 @@ def split_stops(tokenizer, stops: Sequence[str]) -> tuple[tuple[str, ...], tuple
 @lru_cache(maxsize=32)
 def _adds_bos(tokenizer) -> bool:
     """Does `tokenizer(text)` put a BOS in front (Llama) or not (Qwen: no BOS at all)?"""
-    bos = tokenizer.bos_token_id
+    bos = getattr(tokenizer, "bos_token_id", None)  # stand-in tokenizers may not have one
     if bos is None:
         return False
     with_special = tokenizer("1", add_special_tokens=True).input_ids

@@ -247,7 +247,6 @@ def _ident(problems, protocol=PROTOCOL, settings=None, engine=None, limit=None, 
 def test_identity_covers_what_changes_samples_or_verdicts(monkeypatch):
     from dataclasses import replace
 
-    from harness import evaluate as ev_mod
     from harness import prompts
     from harness.grading import Grader
 
@@ -274,8 +273,9 @@ def test_identity_covers_what_changes_samples_or_verdicts(monkeypatch):
                                                                  literal="Q: {problem}\nA:"))
     changed["template text (same name)"] = _ident(problems)
     monkeypatch.undo()
-    monkeypatch.setattr(ev_mod, "GRADER_POLICY_VERSION", ev_mod.GRADER_POLICY_VERSION + 1)
-    changed["grader policy version"] = _ident(problems)
+    # the version the grader reports (Grader.settings) is the one its verdicts were made under
+    changed["grader policy version"] = _ident(problems, settings={**Grader().settings(),
+                                                                  "policy_version": GRADER_POLICY_VERSION + 1})
     assert {k for k, v in changed.items() if v[1] == base} == set()
     assert identity["template"]["literal"] == "Problem: {problem}\nSolution:"
     assert identity["grader"]["policy_version"] == GRADER_POLICY_VERSION and "workers" not in identity["grader"]

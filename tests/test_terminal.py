@@ -66,7 +66,7 @@ from repro import presets
 
 presets.PRESETS["quiet-test"] = presets.TINY.with_overrides(
     name="quiet-test", base_model=os.environ["QUIET_TEST_MODEL"], train_limit=4, benchmarks=("arith-easy",),
-    eval_limit=4, eval=EvalProtocol(template="tiny-boxed", temperature=0.0, max_tokens=4, n_default=1, pass_k=(1,)),
+    eval_limit=4, eval=EvalProtocol(template="tiny-boxed", temperature=1.0, max_tokens=4, n_default=1, pass_k=(1,)),
     vllm=dataclasses.replace(presets.TINY.vllm, max_model_len=512))
 
 
