@@ -11,7 +11,6 @@ parse: 5, 0.5, true, "x"); how many workers grade is not part of a verdict and n
 from __future__ import annotations
 
 import inspect
-import json
 from typing import Any, Optional
 
 import typer
@@ -19,6 +18,7 @@ from rich.table import Table
 
 from repro.cli.app import DEFAULT_DB, Db, app, console, fail
 from repro.cli.results import cell
+from repro.cli.training import parse_overrides
 
 RUNTIME_OPTIONS = ("workers", "start_method")  # how grading runs, not what it decides
 
@@ -28,17 +28,10 @@ def grader_options(pairs: list[str]) -> dict[str, Any]:
     from harness.grading import Grader
 
     allowed = [p for p in inspect.signature(Grader.__init__).parameters if p != "self" and p not in RUNTIME_OPTIONS]
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            fail(f"--grader-option takes key=value, got {pair!r}")
+    out = parse_overrides(pairs, "--grader-option")
+    for key in out:
         if key not in allowed:
             fail(f"--grader-option {key!r} is not a grader setting; known: {', '.join(allowed)}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
     return out
 
 

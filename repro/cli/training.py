@@ -32,13 +32,13 @@ from repro.cli.app import (
 from repro.cli.errors import err_console
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+def parse_overrides(pairs: list[str], flag: str = "--set") -> dict[str, Any]:
     """`key=value` strings -> a dict; values are read as JSON when they parse (5, 0.1, true, "x")."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            fail(f"--set takes key=value, got {pair!r}")
+            fail(f"{flag} takes key=value, got {pair!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
