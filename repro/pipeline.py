@@ -100,6 +100,11 @@ def print_plan(steps: list[Step], preset: Preset, table: str, console: Console, 
                estimate: bool) -> None:
     if preset.label:
         console.print(f"[bold]{preset.name}: {preset.label}[/bold]", highlight=False)
+    if not estimate and steps and all(st.action == "reuse" for st in steps):  # nothing runs: one line will do
+        console.print(f"plan: --table {table} --preset {preset.name}: every run reused ("
+                      + ", ".join(f"{st.label} {st.detail}" for st in steps) + "); budgets: --dry-run",
+                      highlight=False)
+        return
     t = Table(title=f"plan: --table {table} --preset {preset.name} ({preset.base_model})")
     cost_cols = ("GPU h", "tokens") if estimate else ()
     for c in ("run", "method", "overrides", "config hash", "action", "detail") + cost_cols:

@@ -235,7 +235,9 @@ PAPER_REHEARSAL = derive(
     PAPER_PARTS.cut(
         REHEARSAL_GEN_TOKENS,
         sft={"epochs": 1, "batch_size": 4, "micro_batch_size": 2},  # 2 optimizer steps on the 7 training problems
-        grpo={"steps": 2, "prompts_per_step": 4, "max_tokens": REHEARSAL_GEN_TOKENS, "save_every": 1},
+        # all 8 training prompts in each step: with 4 the rebuilt model's groups were all mixed, so lr-grpo
+        # had no zero-hit group to revise and the insertion path went unexercised
+        grpo={"steps": 2, "prompts_per_step": 8, "max_tokens": REHEARSAL_GEN_TOKENS, "save_every": 1},
     ),
     base_model="rehearsal",
     train_limit=8,  # the first 8 MATH L3-5 problems (the rehearsal model half-memorizes their answers)

@@ -55,7 +55,10 @@ def test_gpu_tests_are_collected_and_skip_without_cuda(report):
 def test_fw_bench_figures(report):
     b = report["fw_bench"]
     assert b["shape"] == "tiny" and b["device"] == "cpu"
-    assert b["fw_step_ms[default]"] > 0 and b["floor_fwd_bwd_ms"] > 0 and b["tflops"] > 0
+    assert b["fw_step_ms[default]"] > 0 and b["tflops"] > 0
+    # the floor is a difference of two timings (step - prefill): on a loaded CPU it can come out below 0
+    # (measured -12 ms beside another job); on the GPU it is what the 1.3x target is measured against
+    assert isinstance(b["floor_fwd_bwd_ms"], float) and b["floor_fwd_bwd_ms"] == b["floor_fwd_bwd_ms"]
     assert b["pct_peak"] is None and b["peak_tflops"] is None  # no peak is claimed for a CPU
 
 
