@@ -115,6 +115,7 @@ def sample_and_verify(zero_hit: Sequence[Screened], prompts: Sequence[str], coun
         _top_up(outs, budgets, xs, draw, sample_cap(cfg))
     pairs = [(heads[i] + c.text, zero_hit[i].problem.answer) for i in range(len(zero_hit)) for c in outs[i]]
     verdicts = iter(ctx.grader.grade(pairs) if pairs else [])
+    given = [len(tokenizer(h, add_special_tokens=False).input_ids) if h else 0 for h in heads]  # once per prompt
     outcomes = []
     for i, sc in enumerate(zero_hit):
         o = RescueOutcome(sc.problem.id, sampling_fte(xs[i], outs[i]), [], n_samples=len(outs[i]))
@@ -124,9 +125,8 @@ def sample_and_verify(zero_hit: Sequence[Screened], prompts: Sequence[str], coun
                 text = heads[i] + c.text
                 leak = bare_restatement(heads[i], c.text, sc.problem.answer, cfg.leak_min_words) or \
                     (source == "hint" and "hint" in c.text.lower())
-                given = len(tokenizer(heads[i], add_special_tokens=False).input_ids) if heads[i] else 0
                 o.trajectories.append(Trajectory(sc.problem.id, sc.prompt_text, text, sc.problem.answer, source,
-                                                 MODES.get(source, source), True, leak, given + len(c.token_ids),
+                                                 MODES.get(source, source), True, leak, given[i] + len(c.token_ids),
                                                  valid_steps=step_verdict(text, sc.problem, cfg)))
         outcomes.append(o)
     return outcomes
