@@ -1,6 +1,6 @@
 """Concurrent evaluations into one results database: do N processes at once store every row, once?
 
-    python bench/concurrency.py [--workers 1,2,4,8] [--problems 500] [--n 4] [--batch-size 32] [--same]
+    python bench/concurrency.py [--workers 1,2,4,8] [--problems 500] [--n 4] [--batch-size 32] [--same] [--gen-delay 0]
                                 [--backends sqlite,postgres] [--reps 2] [--out results.json]
 
 N worker processes start together (a file barrier, after their imports) and each runs
@@ -10,10 +10,10 @@ server started here, tests/pgserver.py, skipped with the reason when it cannot s
 generator and the grader are fakes that answer at once, so the figure is the storage path: open
 the database, get-or-create the run, open the evaluation, write every sample in per-batch
 transactions, summarize. `--same` gives every worker the SAME run and evaluation instead (the
-"two identical evaluations" case; without a claim on problems each worker writes the samples the
-others have not, the rest bounce off the unique constraint).
+"two identical evaluations" case: the workers split its problems through harness.claims, so
+`generated`, the prompts sent to the workers' engines in all, should equal --problems).
 
-Reported per backend and N: rows stored (expected N x problems x n, or problems x n with --same),
+Reported per backend and N: prompts generated, rows stored (expected N x problems x n, or problems x n with --same),
 duplicate rows (0), runs and evaluations, worker errors (0), the wall time from the barrier to the
 last worker's end, throughput (rows/s) and its ratio to N = 1. Best of --reps repetitions. On a
 shared 2-core machine N > 2 processes share two cores: throughput measures contention, not scale.
@@ -34,16 +34,18 @@ sys.path.insert(0, str(ROOT))
 
 
 class InstantGenerator:
-    """Answers every prompt at once: even problems right (\\boxed{gold}), odd ones wrong."""
+    """Answers every prompt (after `delay_s`): even problems right (\\boxed{gold}), odd ones wrong."""
 
     tokenizer = None
 
-    def __init__(self, golds: dict[str, str]):
-        self.golds = golds
+    def __init__(self, golds: dict[str, str], delay_s: float = 0.0):
+        self.golds, self.sent, self.delay_s = golds, 0, delay_s
 
     def generate(self, prompts, sampling, seeds=None, progress=False):
         from harness.generation import Completion
 
+        self.sent += len(prompts)
+        time.sleep(self.delay_s)  # --gen-delay: an engine's time per call, to see the work being split
         out = []
         for prompt in prompts:
             problem = prompt.removeprefix("Problem: ").removesuffix("\nSolution:")
@@ -69,7 +71,8 @@ class ExactGrader:
         return [Verdict(last_boxed(text), last_boxed(text) == gold, 0.0) for text, gold in pairs]
 
 
-def worker(url: str, index: int, sync: str, problems: int, n: int, batch_size: int, same: bool) -> None:
+def worker(url: str, index: int, sync: str, problems: int, n: int, batch_size: int, same: bool,
+           delay_s: float) -> None:
     """One process: wait at the barrier, evaluate, print {"rows", "seconds", "error"} as JSON."""
     from benchmarks.registry import Problem
     from harness.evaluate import evaluate
@@ -78,14 +81,13 @@ def worker(url: str, index: int, sync: str, problems: int, n: int, batch_size: i
 
     probs = [Problem(f"q{i}", f"{i}+1", str(i + 1)) for i in range(problems)]
     protocol = EvalProtocol(template="tiny-boxed", n_default=n, temperature=1.0, top_p=1.0, max_tokens=8)
-    gen = InstantGenerator({p.problem: p.answer for p in probs})
     Path(sync, f"ready-{index}").touch()
     deadline = time.time() + 900  # an orphaned worker (the parent died) stops by itself
     while not Path(sync, "go").exists():
         if time.time() > deadline:
             sys.exit("no go signal within 900 s")
         time.sleep(0.0005)
-    t0, error, rows = time.perf_counter(), None, 0
+    t0, error, rows, gen = time.perf_counter(), None, 0, InstantGenerator({p.problem: p.answer for p in probs}, delay_s)
     try:
         factory = open_db(url)
         run, _ = get_or_create_run(factory, method="bench", model="instant", preset="bench", seed=0,
@@ -96,14 +98,15 @@ def worker(url: str, index: int, sync: str, problems: int, n: int, batch_size: i
         engine_of(factory).dispose()
     except Exception as e:  # reported, counted as an error: the benchmark's point
         error = f"{type(e).__name__}: {e}"[:300]
-    print(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0, "error": error}))
+    print(json.dumps({"rows": rows, "generated": gen.sent, "seconds": time.perf_counter() - t0, "error": error}))
 
 
 def one_round(url: str, workers: int, args, tmp: Path) -> dict:
     """N workers at once into `url` (a fresh database); the stored rows checked afterwards."""
     sync = Path(tempfile.mkdtemp(dir=tmp))
     cmd = [sys.executable, __file__, "--worker", url, "--sync", str(sync), "--problems", str(args.problems),
-           "--n", str(args.n), "--batch-size", str(args.batch_size)] + (["--same"] if args.same else [])
+           "--n", str(args.n), "--batch-size", str(args.batch_size), "--gen-delay", str(args.gen_delay),
+           *(["--same"] if args.same else [])]
     procs = [subprocess.Popen(cmd + ["--index", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(workers)]
     while len(list(sync.glob("ready-*"))) < workers:  # every worker has imported and is waiting
@@ -118,7 +121,8 @@ def one_round(url: str, workers: int, args, tmp: Path) -> dict:
         lines = out.strip().splitlines()
         reports.append(json.loads(lines[-1]) if p.returncode == 0 and lines else {"error": err.strip()[-300:]})
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "errors": [r["error"] for r in reports if r.get("error")], **stored(url)}
+    return {"wall_s": wall, "errors": [r["error"] for r in reports if r.get("error")],
+            "generated": sum(r.get("generated", 0) for r in reports), **stored(url)}
 
 
 def stored(url: str) -> dict:
@@ -164,6 +168,7 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=500)
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--gen-delay", type=float, default=0.0, help="seconds the fake engine takes per call")
     ap.add_argument("--same", action="store_true", help="every worker evaluates the same run and evaluation")
     ap.add_argument("--backends", default="sqlite,postgres")
     ap.add_argument("--reps", type=int, default=2)
@@ -173,7 +178,8 @@ def main() -> None:
     ap.add_argument("--sync", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        return worker(args.worker, args.index, args.sync, args.problems, args.n, args.batch_size, args.same)
+        return worker(args.worker, args.index, args.sync, args.problems, args.n, args.batch_size, args.same,
+                      args.gen_delay)
 
     from rich.console import Console
     from rich.table import Table
@@ -195,14 +201,14 @@ def main() -> None:
                 best["vs_single"] = best["rows_per_s"] / base
                 results.append(best)
     table = Table(title=f"{'same' if args.same else 'distinct'} evaluations, {args.problems} problems x n={args.n}, "
-                        f"batch {args.batch_size}, best of {args.reps}")
-    for c in ("backend", "N", "rows", "expected", "duplicates", "runs", "evals", "unfinished", "errors", "wall s",
-              "rows/s", "vs N=1"):
+                        f"batch {args.batch_size}, engine {args.gen_delay} s/call, best of {args.reps}")
+    for c in ("backend", "N", "generated", "rows", "expected", "duplicates", "runs", "evals", "unfinished", "errors",
+              "wall s", "rows/s", "vs N=1"):
         table.add_column(c, justify="left" if c == "backend" else "right")
     for r in results:
-        table.add_row(r["backend"], str(r["workers"]), str(r["rows"]), str(r["expected_rows"]), str(r["duplicates"]),
-                      str(r["runs"]), str(r["evaluations"]), str(r["unfinished"]), str(len(r["errors"])),
-                      f"{r['wall_s']:.2f}", f"{r['rows_per_s']:.0f}", f"{r['vs_single']:.2f}")
+        table.add_row(r["backend"], str(r["workers"]), str(r["generated"]), str(r["rows"]), str(r["expected_rows"]),
+                      str(r["duplicates"]), str(r["runs"]), str(r["evaluations"]), str(r["unfinished"]),
+                      str(len(r["errors"])), f"{r['wall_s']:.2f}", f"{r['rows_per_s']:.0f}", f"{r['vs_single']:.2f}")
     console = Console()
     console.print(table)
     for r in results:

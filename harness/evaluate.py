@@ -20,6 +20,13 @@ samples do not depend on batching. Problems whose n samples are all stored are s
 problem is regenerated with its seed and only its missing sample indices are inserted (the unique
 constraint on (evaluation, problem, sample_index) is the backstop against duplicates).
 
+Concurrency: two processes filling the same evaluation (two `--table` commands sharing a base
+run) split its problems instead of both generating them: a process generates only the problems it
+holds a claim on (`harness.claims`; up to `batch_size` per round, all by default) and waits for
+the problems another live process holds, taking them over if that process dies. With the default
+single engine call the first process claims everything and the second waits; with `batch_size`
+they take turns batch by batch.
+
 Throughput: by default all missing problems of one sampling (across benchmarks) go to the engine
 in ONE call, because vLLM's throughput falls with smaller calls (measured: batches of 64 problems
 cost 1.44x one call); `batch_size` caps a call when a crash should lose less work. Results are
@@ -30,10 +37,11 @@ in the metrics (`prompt_too_long`, and in `truncation_rate`), instead of failing
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -43,12 +51,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from benchmarks import Problem, load_benchmark
 
+from .claims import Claimant, ClaimPolicy
 from .generation import Completion, Generator, Sampling, encode_prompt, stable_seed
 from .grading import GRADER_POLICY_VERSION
 from .prompts import get_template, stop_sequences
 from .protocol import EvalProtocol
-from .store import Evaluation, Sample, config_hash, session_scope, utcnow
+from .store import Evaluation, Sample, config_hash, get_or_create, session_scope, utcnow
 
+log = logging.getLogger(__name__)
 TOO_LONG = "prompt_too_long"
 # how the grader runs (processes, chunking, memory cap, which clock times a pair) does not change a verdict
 RUNTIME_GRADER_KEYS = frozenset({"workers", "batch_size", "memory_limit_mb", "hard_grace_s", "timeout_clock"})
@@ -126,41 +136,52 @@ def engine_of(generator: Any, model: str | None = None) -> dict[str, Any]:
 
 @dataclass
 class _Job:
-    """One evaluation being filled: its row, its sampling, what is stored, what is missing."""
+    """One evaluation being filled: its row, its sampling, what is stored, what this process generates."""
 
     benchmark: str
     eval_id: int
     sampling: Sampling
+    problems: Sequence[Problem]
     stored: dict[str, set[int]]
-    todo: list[Problem]
+    todo: list[Problem] = field(default_factory=list)  # this round: missing and claimed by this process
+    generated: set[str] = field(default_factory=set)  # problems this process has sent to the engine
+    waiting_for: str = ""  # who holds the other missing problems ("" when none)
     task: Any = None  # its progress-bar task
+
+    def missing(self) -> list[Problem]:
+        return [p for p in self.problems if len(self.stored.get(p.id, ())) < self.sampling.n]
+
+    def missing_samples(self) -> int:
+        return sum(self.sampling.n - len(self.stored.get(p.id, ())) for p in self.missing())
 
 
 def evaluate(factory: sessionmaker[Session], run_id: int, benchmark: str, problems: Sequence[Problem],
              protocol: EvalProtocol, generator: Generator | Callable[[], Generator], grader, *,
              batch_size: int | None = None, progress: bool | Progress = True, engine: dict[str, Any] | None = None,
-             limit: int | None = None) -> dict[str, Any]:
+             limit: int | None = None, claims: ClaimPolicy | None = None) -> dict[str, Any]:
     """Evaluate `problems` (resuming or reusing); returns {"evaluation_id", "metrics", "reused"}.
 
     `generator` may be a zero-argument callable that builds one: it is called only if samples are
     missing, so reusing a finished evaluation starts no engine; then pass `engine` (the identity
     that generator will have, e.g. `GeneratorFactory.identity(model)`)."""
     return evaluate_many(factory, run_id, {benchmark: problems}, protocol, generator, grader,
-                         batch_size=batch_size, progress=progress, engine=engine, limit=limit)[benchmark]
+                         batch_size=batch_size, progress=progress, engine=engine, limit=limit,
+                         claims=claims)[benchmark]
 
 
 def evaluate_many(factory: sessionmaker[Session], run_id: int, problem_sets: dict[str, Sequence[Problem]],
                   protocol: EvalProtocol, generator: Generator | Callable[[], Generator], grader, *,
                   batch_size: int | None = None, progress: bool | Progress = True,
-                  engine: dict[str, Any] | None = None, limit: int | None = None) -> dict[str, dict[str, Any]]:
+                  engine: dict[str, Any] | None = None, limit: int | None = None,
+                  claims: ClaimPolicy | None = None) -> dict[str, dict[str, Any]]:
     """`evaluate` for several benchmarks as one stream: {benchmark: result}.
 
     Engine calls span benchmarks that share a sampling (by default one call for all of them), so
     small benchmarks (AIME, AMC) do not make half-empty calls. Each benchmark is still its own
     evaluation row. `limit`: the limit the problems were loaded with (None: whole benchmarks); it
-    enters the identity, so a table never takes a limited evaluation for a full one."""
+    enters the identity, so a table never takes a limited evaluation for a full one. `claims`: how
+    long another process's claim on a problem is honoured (`harness.claims`)."""
     t0 = time.perf_counter()
-    template = get_template(protocol.template)
     settings = grader.settings()
     engine = engine if engine is not None else engine_of(generator)
     results: dict[str, dict[str, Any]] = {}
@@ -172,16 +193,18 @@ def evaluate_many(factory: sessionmaker[Session], run_id: int, problem_sets: dic
         else:
             jobs.append(opened)
     timing = {"generate_s": 0.0, "grade_store_s": 0.0, "wait_for_grading_s": 0.0}
-    if any(j.todo for j in jobs):
-        gen = generator if hasattr(generator, "generate") else generator()
-        _run_batches(factory, jobs, template, protocol, gen, grader, batch_size, progress, timing)
+    if any(j.missing() for j in jobs):
+        _fill(factory, jobs, protocol, generator, grader, batch_size, progress, timing, Claimant(factory, claims))
     for job in jobs:
         metrics = _summarize(factory, job.eval_id, protocol, job.sampling.n, grader)
         metrics["timing"] = {k: round(v, 4) for k, v in timing.items()} | {"benchmarks_in_call": len(jobs)}
         with session_scope(factory) as s:
-            ev = s.get(Evaluation, job.eval_id)
-            ev.metrics, ev.status, ev.finished_at = metrics, "finished", utcnow()
-            ev.wall_s = time.perf_counter() - t0  # calls are shared: the wall time of the whole call
+            ev = s.get(Evaluation, job.eval_id, with_for_update=True)
+            if ev.status == "finished":  # a process that shared the work finished it first: its row stands
+                metrics = ev.metrics
+            else:
+                ev.metrics, ev.status, ev.finished_at = metrics, "finished", utcnow()
+                ev.wall_s = time.perf_counter() - t0  # calls are shared: the wall time of the whole call
         results[job.benchmark] = {"evaluation_id": job.eval_id, "metrics": metrics, "reused": False}
     return {b: results[b] for b in problem_sets}
 
@@ -190,22 +213,103 @@ def _open(factory, run_id, benchmark, problems, protocol, settings, engine, limi
     """The finished evaluation's result (reuse), or a job for a new or interrupted one."""
     sampling_json, eval_hash, identity = eval_identity(benchmark, problems, protocol, settings, engine, limit)
     sampling = sampling_for(benchmark, protocol)
-    with session_scope(factory) as s:
-        ev = s.scalars(select(Evaluation).where(Evaluation.run_id == run_id, Evaluation.benchmark == benchmark,
-                                                Evaluation.eval_hash == eval_hash)).first()
-        if ev is not None and ev.status == "finished":
+    with session_scope(factory) as s:  # get_or_create: a second process opening it at once gets the same row
+        ev, _ = get_or_create(s, Evaluation, {"run_id": run_id, "benchmark": benchmark, "eval_hash": eval_hash},
+                              {"template": protocol.template, "sampling": sampling_json, "grader": settings,
+                               "n_problems": len(problems), "identity": identity})
+        if ev.status == "finished":
             return {"evaluation_id": ev.id, "metrics": ev.metrics, "reused": True}
-        if ev is None:
-            ev = Evaluation(run_id=run_id, benchmark=benchmark, template=protocol.template, sampling=sampling_json,
-                            grader=settings, eval_hash=eval_hash, n_problems=len(problems), identity=identity)
-            s.add(ev)
         ev.status, ev.started_at = "running", utcnow()
-        s.flush()
-        stored: dict[str, set[int]] = {}
-        for pid, idx in s.execute(select(Sample.problem_id, Sample.sample_index).where(Sample.evaluation_id == ev.id)):
+        eval_id = ev.id
+    return _Job(benchmark, eval_id, sampling, problems, _stored(factory, eval_id))
+
+
+def _stored(factory, eval_id: int) -> dict[str, set[int]]:
+    """{problem id: stored sample indices} of an evaluation."""
+    stored: dict[str, set[int]] = {}
+    with session_scope(factory) as s:
+        query = select(Sample.problem_id, Sample.sample_index).where(Sample.evaluation_id == eval_id)
+        for pid, idx in s.execute(query):
             stored.setdefault(pid, set()).add(idx)
-    todo = [p for p in problems if len(stored.get(p.id, ())) < sampling.n]
-    return _Job(benchmark, ev.id, sampling, stored, todo)
+    return stored
+
+
+def _fill(factory, jobs, protocol, generator, grader, batch_size, progress, timing, claimant: Claimant) -> None:
+    """Generate the jobs' missing samples, in rounds: claim, generate what is ours, wait for the rest.
+
+    Grading runs on one background writer thread across rounds (a call is graded while the engine
+    runs the next). The engine is built (when `generator` is a factory) only once a round has
+    problems to generate, so a process that only waits for another never starts one."""
+    template = get_template(protocol.template)
+    bar, own_bar = _progress(progress)
+    writer = _Writer(factory, grader, template.scored_text, bar, timing)
+    built: list[Generator] = []
+    try:
+        with claimant.alive():
+            while True:
+                others_left = _claim_round(claimant, jobs, batch_size, bar)
+                if any(j.todo for j in jobs):
+                    if not built:
+                        built.append(generator if hasattr(generator, "generate") else generator())
+                    _run_batches(jobs, template, protocol, built[0], batch_size, writer, timing)
+                elif writer.pending:
+                    writer.wait()  # our last call's samples first: they may be all that is missing
+                elif others_left:
+                    time.sleep(claimant.policy.poll_s)
+                else:
+                    break
+        _check_complete(jobs)
+    finally:
+        writer.close()  # a failing call still lets the chunks in flight be written
+        claimant.release()  # also after a failure: a waiting process takes the rest at once
+        if own_bar:
+            bar.stop()
+
+
+def _claim_round(claimant: Claimant, jobs: list[_Job], batch_size: int | None, bar: Progress) -> bool:
+    """Set each job's `todo` to missing problems this process now holds (at most `batch_size` per
+    sampling, as one engine call would take); True while problems that this process has not
+    generated are missing (someone else's, or claimable next round).
+
+    Stored samples are re-read after claiming, so a problem another process finished (and released)
+    meanwhile is not generated again."""
+    room: dict[Sampling, int | None] = {}
+    others_left = False
+    for job in jobs:
+        left = room.setdefault(job.sampling, batch_size)
+        candidates = [p.id for p in job.missing() if p.id not in job.generated]
+        mine = claimant.claim(job.eval_id, candidates, limit=left) if candidates and left != 0 else set()
+        job.stored = _stored(claimant.factory, job.eval_id)
+        missing = [p for p in job.missing() if p.id not in job.generated]
+        job.todo = [p for p in missing if p.id in mine]
+        if left is not None:
+            room[job.sampling] = left - len(job.todo)
+        holders = sorted(set(claimant.others(job.eval_id, [p.id for p in missing if p.id not in mine]).values()))
+        job.waiting_for = ", ".join(holders[:2]) + (" ..." if len(holders) > 2 else "")
+        if job.waiting_for and not job.todo:
+            log.info("%s: waiting for %s, which is generating its missing problems", job.benchmark, job.waiting_for)
+        _show(bar, job)
+        others_left = others_left or bool(missing)
+    return others_left
+
+
+def _check_complete(jobs: list[_Job]) -> None:
+    for job in jobs:
+        short = [p.id for p in job.missing()]
+        if short:  # every one was sent to the engine: it returned fewer samples than asked for
+            raise RuntimeError(f"{job.benchmark}: the engine returned fewer than n={job.sampling.n} samples for "
+                               f"problem {short[0]!r} ({len(short)} problems)")
+
+
+def _show(bar: Progress, job: _Job) -> None:
+    """The job's bar: samples stored out of the samples missing when it started, and whom it waits for."""
+    missing = job.missing_samples()
+    if job.task is None:
+        job.task = bar.add_task("", total=missing)
+    total = bar.tasks[[t.id for t in bar.tasks].index(job.task)].total or 0
+    waiting = f" · waiting for {job.waiting_for}" if job.waiting_for and not job.todo else ""
+    bar.update(job.task, completed=max(0, total - missing),
+               description=f"{job.benchmark} (n={job.sampling.n}){waiting}")
 
 
 def _batches(jobs: list[_Job], batch_size: int | None) -> list[list[tuple[_Job, Problem]]]:
@@ -238,37 +342,42 @@ def _generate(batch, template, protocol, gen, limit, timing) -> tuple[list[str],
     return prompts, completions
 
 
-def _run_batches(factory, jobs, template, protocol, gen, grader, batch_size, progress, timing) -> None:
+def _run_batches(jobs, template, protocol, gen, batch_size, writer: _Writer, timing) -> None:
+    """Generate every job's `todo` and hand each call to the writer; its last call may still be grading."""
     limit = context_limit(gen)
-    bar, own_bar = _progress(progress)
     for job in jobs:
-        if job.todo:
-            job.task = bar.add_task(f"{job.benchmark} (n={job.sampling.n})",
-                                    total=sum(job.sampling.n - len(job.stored.get(p.id, ())) for p in job.todo))
-    pool = ThreadPoolExecutor(1, thread_name_prefix="grade")  # one writer: chunks land in order
-    pending: list[Future] = []
-    lock = threading.Lock()
-    try:
-        for batch in _batches(jobs, batch_size):
-            prompts, completions = _generate(batch, template, protocol, gen, limit, timing)
-            _wait(pending, timing)  # surfaces a grading/storage error of the previous call
-            step = max(1, STORE_CHUNK // batch[0][0].sampling.n)
-            pending = [pool.submit(_grade_and_store, factory, batch[i:i + step], prompts[i:i + step],
-                                   completions[i:i + step], grader, timing, lock, bar,
-                                   template.scored_text)
-                       for i in range(0, len(batch), step)]
-        _wait(pending, timing)
-    finally:
-        pool.shutdown(wait=True)  # a failing call still lets the chunks in flight be written
-        if own_bar:
-            bar.stop()
+        job.generated.update(p.id for p in job.todo)
+    for batch in _batches(jobs, batch_size):
+        prompts, completions = _generate(batch, template, protocol, gen, limit, timing)
+        writer.wait()  # surfaces a grading/storage error of the previous call
+        writer.submit(batch, prompts, completions)
 
 
-def _wait(pending: list[Future], timing: dict[str, float]) -> None:
-    t = time.perf_counter()
-    for f in pending:
-        f.result()
-    timing["wait_for_grading_s"] += time.perf_counter() - t
+class _Writer:
+    """One background thread that grades and stores engine calls in order, one chunk per transaction."""
+
+    def __init__(self, factory, grader, scored_text, bar, timing):
+        self.factory, self.grader, self.scored_text, self.bar, self.timing = factory, grader, scored_text, bar, timing
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="grade")  # one writer: chunks land in order
+        self.pending: list[Future] = []
+        self.lock = threading.Lock()
+
+    def submit(self, batch, prompts, completions) -> None:
+        step = max(1, STORE_CHUNK // batch[0][0].sampling.n)
+        self.pending = [self.pool.submit(_grade_and_store, self.factory, batch[i:i + step], prompts[i:i + step],
+                                         completions[i:i + step], self.grader, self.timing, self.lock, self.bar,
+                                         self.scored_text)
+                        for i in range(0, len(batch), step)]
+
+    def wait(self) -> None:
+        t = time.perf_counter()
+        pending, self.pending = self.pending, []
+        for f in pending:
+            f.result()
+        self.timing["wait_for_grading_s"] += time.perf_counter() - t
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 def _grade_and_store(factory, batch, prompts, completions, grader, timing, lock, bar,

@@ -5,6 +5,7 @@ row here. Shape:
 
     runs ──< evaluations ──< samples
       ├──< train_steps
+      │              └──< eval_claims (which process is generating which unfinished problem)
       ├──< rollouts        (GRPO/mining rollouts; zero-hit groups stay retrievable for LatentRevise)
       └──< revisions       (one LatentRevise revision of one failed rollout)
 
@@ -16,7 +17,8 @@ hash); an evaluation by (run, benchmark, eval hash).
 Several processes may share one database from their first second: `open_db` creates the schema
 under a lock and tolerates a lost race, every SQLite connection waits for a busy lock
 (BUSY_TIMEOUT_S) instead of failing, and rows with an identity are made by `get_or_create`
-(insert-then-select), so two processes asking for the same run get the same row. Databases made
+(insert-then-select), so two processes asking for the same run get the same row; two processes
+filling the same evaluation split its problems through `eval_claims` (harness.claims). Databases made
 by older versions are migrated on open (missing columns are added, nullable). Failures to open or
 write come out as one line (`StoreError`, `describe_db_error`), with any password masked.
 """
@@ -141,6 +143,21 @@ class Sample(Base):
     grading_error: Mapped[str | None] = mapped_column(String(256))
 
 
+class EvalClaim(Base):
+    """One process's claim on one unfinished problem of an evaluation (harness.claims): while it is
+    held and its heartbeat is fresh, no other process generates that problem."""
+
+    __tablename__ = "eval_claims"
+    __table_args__ = (UniqueConstraint("evaluation_id", "problem_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id"), index=True)
+    problem_id: Mapped[str] = mapped_column(String(256))
+    owner: Mapped[str] = mapped_column(String(64), index=True)  # one token per evaluate call
+    host: Mapped[str] = mapped_column(String(256))
+    pid: Mapped[int] = mapped_column(Integer)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class TrainStep(Base):
     """One optimizer step (or one GRPO iteration) of a method. Method-specific values go to `extra`."""
 
@@ -208,6 +225,7 @@ class Revision(Base):
 BUSY_TIMEOUT_S = 30.0  # a second process waits this long for the write lock instead of failing at once
 SCHEMA_LOCK = 0x4C52_5245  # PostgreSQL advisory-lock key taken while creating or migrating the schema
 SCHEMA_TRIES = 8
+READ_OPTIONAL = frozenset({"eval_claims"})  # tables readers never use: an older database without them reads fine
 RACE_MARKERS = ("already exists", "database is locked", "duplicate key", "duplicate column", "deadlock")
 
 
@@ -418,8 +436,8 @@ def _add_missing_columns(conn) -> None:
 
 def _check_schema(engine: Engine, url: URL) -> None:
     with engine.connect() as conn:
-        missing = _missing_schema(conn)
-    if set(missing) >= {t.name for t in Base.metadata.sorted_tables}:
+        missing = [m for m in _missing_schema(conn) if m.split(".")[0] not in READ_OPTIONAL]
+    if set(missing) >= {t.name for t in Base.metadata.sorted_tables} - READ_OPTIONAL:
         raise StoreError(f"{display_url(url)} has no results tables (check --db)")
     if missing:
         raise StoreError(f"{display_url(url)} was made by an older version (it lacks {', '.join(missing[:4])}); "
@@ -537,6 +555,7 @@ def _delete_run(s: Session, run: Run) -> None:
     eval_ids = [e.id for e in run.evaluations]
     if eval_ids:
         s.execute(delete(Sample).where(Sample.evaluation_id.in_(eval_ids)))
+        s.execute(delete(EvalClaim).where(EvalClaim.evaluation_id.in_(eval_ids)))
     for table in (TrainStep, Rollout, Revision):
         s.execute(delete(table).where(table.run_id == run.id))
     s.delete(run)
