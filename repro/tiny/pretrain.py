@@ -6,8 +6,11 @@ and a ~0.36M-parameter Qwen2 trained with plain torch on `benchmarks.arith.pretr
 documents, which have exactly the evaluation format (`Problem: ...\\nSolution: ...<|im_end|>`); a
 share `reflect_frac` of them slip once and correct themselves ("Wait, let me check: ...").
 
-The budget is a fixed number of steps, so the model is a function of the config alone (same
-seed, same weights, on the same torch build and thread count). The result is saved in Hugging
+The budget is a fixed number of steps, so on one machine the model is a function of the config
+alone (same seed, same weights; 1 and 2 threads gave byte-identical weights on an AMD EPYC box).
+Another CPU may not: its float kernels differ, and the same config built a different model there
+(final loss 0.329 on the earlier session's machine, 0.377 on the EPYC one), so tiny-preset figures
+are per machine (README). The result is saved in Hugging
 Face format under `<cache>/tiny-base-<config hash>/` (atomic: a temporary directory renamed
 into place) with `pretrain.json` beside the weights; later calls reuse it in well under a second.
 """
