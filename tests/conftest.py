@@ -130,3 +130,16 @@ def scoped_registry():
     saved = registry.snapshot()
     yield registry
     registry.restore(saved)
+
+
+@pytest.fixture(scope="session")
+def pg_admin():
+    """The admin URL of a throwaway PostgreSQL server (tests/pgserver.py), skipped with the reason where
+    none can start; one server for the whole session, each test makes its own database."""
+    import pgserver
+
+    reason = pgserver.unavailable()
+    if reason:
+        pytest.skip(reason)
+    with pgserver.temp_server() as url:
+        yield url

@@ -137,15 +137,6 @@ def test_two_identical_evaluations_at_once_generate_each_sample_once(tmp_path, b
         check_once(two_at_once(tmp_path / f"t{trial}", url, batch), url, batch)
 
 
-@pytest.fixture(scope="module")
-def pg_admin():
-    reason = pgserver.unavailable()
-    if reason:
-        pytest.skip(reason)
-    with pgserver.temp_server() as url:
-        yield url
-
-
 def test_two_identical_evaluations_at_once_postgres(pg_admin, tmp_path):
     url = pgserver.create_database(pg_admin, "claims_race")
     check_once(two_at_once(tmp_path, url, 4), url, 4)

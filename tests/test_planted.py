@@ -3,11 +3,13 @@ step's result is changed in the prefix; the revision must put the right digit ba
 
 bench/planted.py is the full measurement (every objective, continuation accuracy, CIs). Here: up to
 40 cases, recovery only (no sampling beyond the failed rollouts), the configuration the measurements
-chose and the old tiny setting. The bar is statistical, not a rate seen on one model: recovered in
-more cases than chance (1/10 per case) gives with probability 0.01. The pretrained model differs
-between CPUs (float kernels), and so does the rate: 33 % [23-46] of 60 cases on this session's AMD
-EPYC model (README), more on the earlier one; 40 cases give that rate ~90 % power at this bar. Needs the pretrained base model (repro/tiny/pretrain.ensure_tiny_base:
-cached under $LATENTREVISE_CACHE or ~/.cache/latentrevise; built in ~3-6 min on first use).
+chose and the old tiny setting. The bar is statistical, not a rate seen on one model: at least as
+many recoveries as chance (a random digit, 1/10 per case) reaches with probability < 0.01. The
+pretrained model differs between CPUs (float kernels) and so does the rate: 33 % [23-46] of 60
+cases on the second session's AMD EPYC model (README), more on the earlier one; at 33 %, 40 cases
+clear the bar with ~90 % probability. Needs the pretrained base model
+(repro/tiny/pretrain.ensure_tiny_base: cached under $LATENTREVISE_CACHE or ~/.cache/latentrevise;
+built in ~5 min on first use).
 """
 
 from __future__ import annotations

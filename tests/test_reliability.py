@@ -131,15 +131,6 @@ def test_sqlite_query_reads(tmp_path):
     assert readonly_query(url, "WITH x AS (SELECT 2 AS v) SELECT v FROM x").rows == [(2,)]
 
 
-@pytest.fixture(scope="module")
-def pg_admin():
-    reason = pgserver.unavailable()
-    if reason:
-        pytest.skip(reason)
-    with pgserver.temp_server() as url:
-        yield url
-
-
 @pytest.fixture
 def pg_url(pg_admin, request):
     return pgserver.create_database(pg_admin, "t_" + request.node.name.split("[")[0][-40:].lower())
