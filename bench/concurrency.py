@@ -15,7 +15,8 @@ transactions, summarize. `--same` gives every worker the SAME run and evaluation
 
 Reported per backend and N: prompts generated, rows stored (expected N x problems x n, or problems x n with --same),
 duplicate rows (0), runs and evaluations, worker errors (0), the wall time from the barrier to the
-last worker's end, throughput (rows/s) and its ratio to N = 1. Best of --reps repetitions. On a
+last worker's end (the best of --reps repetitions, and how much slower the worst was), throughput
+(rows/s) and its ratio to N = 1. On a
 shared 2-core machine N > 2 processes share two cores: throughput measures contention, not scale.
 """
 
@@ -195,6 +196,8 @@ def main() -> None:
                 best = min(rounds, key=lambda r: r["wall_s"])
                 best["errors"] = [e for r in rounds for e in r["errors"]]  # over every repetition
                 best["duplicates"] = max(r["duplicates"] for r in rounds)
+                best["generated"] = max(r["generated"] for r in rounds)  # the worst repetition
+                best["wall_spread_s"] = max(r["wall_s"] for r in rounds) - best["wall_s"]
                 best.update(backend=backend, workers=workers, rows_per_s=best["rows"] / best["wall_s"],
                             expected_rows=(1 if args.same else workers) * args.problems * args.n)
                 base = base or best["rows_per_s"]
@@ -203,12 +206,13 @@ def main() -> None:
     table = Table(title=f"{'same' if args.same else 'distinct'} evaluations, {args.problems} problems x n={args.n}, "
                         f"batch {args.batch_size}, engine {args.gen_delay} s/call, best of {args.reps}")
     for c in ("backend", "N", "generated", "rows", "expected", "duplicates", "runs", "evals", "unfinished", "errors",
-              "wall s", "rows/s", "vs N=1"):
+              "wall s", "spread", "rows/s", "vs N=1"):
         table.add_column(c, justify="left" if c == "backend" else "right")
     for r in results:
         table.add_row(r["backend"], str(r["workers"]), str(r["generated"]), str(r["rows"]), str(r["expected_rows"]),
                       str(r["duplicates"]), str(r["runs"]), str(r["evaluations"]), str(r["unfinished"]),
-                      str(len(r["errors"])), f"{r['wall_s']:.2f}", f"{r['rows_per_s']:.0f}", f"{r['vs_single']:.2f}")
+                      str(len(r["errors"])), f"{r['wall_s']:.2f}", f"+{r['wall_spread_s']:.2f}",
+                      f"{r['rows_per_s']:.0f}", f"{r['vs_single']:.2f}")
     console = Console()
     console.print(table)
     for r in results:
