@@ -34,12 +34,10 @@ from datetime import datetime, timedelta
 from typing import Iterator, Sequence
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .store import EvalClaim, session_scope, utcnow
+from .store import EvalClaim, insert_ignoring_conflicts, session_scope, utcnow
 
 log = logging.getLogger(__name__)
 ID_CHUNK = 500  # problem ids per IN (...) list: well under every backend's bound-parameter limit
@@ -97,7 +95,9 @@ class Claimant:
                      if p in held and held[p].owner != self.owner and self.is_stale(held[p], now)]
             room = len(problem_ids) if limit is None else max(0, limit - len(mine))
             wanted = (free + stale)[:room]
-            self._insert(s, eval_id, [p for p in wanted if p not in held], now)
+            insert_ignoring_conflicts(s, EvalClaim, [
+                {"evaluation_id": eval_id, "problem_id": p, "owner": self.owner, "host": self.host, "pid": self.pid,
+                 "heartbeat_at": now} for p in wanted if p not in held])
             for p in wanted:
                 if p in held:
                     self._take_over(s, held[p], now)
@@ -152,24 +152,6 @@ class Claimant:
                 q = q.where(EvalClaim.owner == owner)
             out.update({c.problem_id: c for c in s.scalars(q.execution_options(populate_existing=True))})
         return out
-
-    def _insert(self, s: Session, eval_id: int, problem_ids: list[str], now: datetime) -> None:
-        if not problem_ids:
-            return
-        rows = [{"evaluation_id": eval_id, "problem_id": p, "owner": self.owner, "host": self.host, "pid": self.pid,
-                 "heartbeat_at": now} for p in problem_ids]
-        dialect = s.get_bind().dialect.name
-        if dialect not in ("sqlite", "postgresql"):  # no ON CONFLICT: a savepoint per row absorbs a lost race
-            for row in rows:
-                try:
-                    with s.begin_nested():
-                        s.add(EvalClaim(**row))
-                except IntegrityError:
-                    pass
-            return
-        insert = pg_insert if dialect == "postgresql" else sqlite_insert
-        for i in range(0, len(rows), ID_CHUNK // 8):  # 8 bound values per row
-            s.execute(insert(EvalClaim).values(rows[i:i + ID_CHUNK // 8]).on_conflict_do_nothing())
 
     def _take_over(self, s: Session, claim: EvalClaim, now: datetime) -> None:
         """Compare-and-set: only if the claim still has the holder and heartbeat that were judged stale."""

@@ -147,6 +147,7 @@ class _Job:
     generated: set[str] = field(default_factory=set)  # problems this process has sent to the engine
     waiting_for: str = ""  # who holds the other missing problems ("" when none)
     task: Any = None  # its progress-bar task
+    total: int = 0  # the bar's total: samples missing when the bar was made
 
     def missing(self) -> list[Problem]:
         return [p for p in self.problems if len(self.stored.get(p.id, ())) < self.sampling.n]
@@ -305,10 +306,9 @@ def _show(bar: Progress, job: _Job) -> None:
     """The job's bar: samples stored out of the samples missing when it started, and whom it waits for."""
     missing = job.missing_samples()
     if job.task is None:
-        job.task = bar.add_task("", total=missing)
-    total = bar.tasks[[t.id for t in bar.tasks].index(job.task)].total or 0
+        job.total, job.task = missing, bar.add_task("", total=missing)
     waiting = f" · waiting for {job.waiting_for}" if job.waiting_for and not job.todo else ""
-    bar.update(job.task, completed=max(0, total - missing),
+    bar.update(job.task, completed=max(0, job.total - missing),
                description=f"{job.benchmark} (n={job.sampling.n}){waiting}")
 
 

@@ -505,19 +505,35 @@ def get_or_create(session: Session, model: type[Base], unique: dict[str, Any],
     row = session.scalars(query).first()
     if row is not None:  # the common case: no write, no lock
         return row, False
-    values = {**(defaults or {}), **unique}
-    dialect = session.get_bind().dialect.name
-    if dialect in ("sqlite", "postgresql"):
-        insert = sqlite_insert if dialect == "sqlite" else pg_insert
-        created = session.execute(insert(model).values(**values).on_conflict_do_nothing()).rowcount == 1
-    else:
-        try:
-            with session.begin_nested():
-                session.add(model(**values))
-            created = True
-        except IntegrityError:
-            created = False
+    created = insert_ignoring_conflicts(session, model, [{**(defaults or {}), **unique}]) == 1
     return session.scalars(query.execution_options(populate_existing=True)).one(), created
+
+
+INSERT_CHUNK_VALUES = 900  # bound values per INSERT: under SQLite's old default limit of 999
+
+
+def insert_ignoring_conflicts(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> int:
+    """Insert `rows` of `model`, skipping each that would violate a unique constraint; how many went in.
+
+    `INSERT ... ON CONFLICT DO NOTHING` on SQLite and PostgreSQL (atomic against a second process
+    inserting the same keys at once); elsewhere one savepoint per row swallows the IntegrityError."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("sqlite", "postgresql"):
+        inserted = 0
+        for row in rows:
+            try:
+                with session.begin_nested():
+                    session.add(model(**row))
+                inserted += 1
+            except IntegrityError:
+                pass
+        return inserted
+    insert = sqlite_insert if dialect == "sqlite" else pg_insert
+    step = max(1, INSERT_CHUNK_VALUES // len(rows[0]))
+    return sum(session.execute(insert(model).values(rows[i:i + step]).on_conflict_do_nothing()).rowcount
+               for i in range(0, len(rows), step))
 
 
 def run_hash(method: str, model: str, preset: str, seed: int, config: Any) -> str:
